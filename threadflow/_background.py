@@ -1,0 +1,129 @@
+"""Background runs: a bounded pool of worker threads per workflow, and shutdown.
+
+A workflow runs at most ``max_concurrent_runs`` background runs at once;
+the rest wait in a FIFO queue as ``pending``. Workers are started on demand
+and exit when the queue is empty, so an idle process holds no threads. A run
+cancelled while queued is taken out of the queue by the cancelling thread and
+recorded at once (``workflow_started``, ``workflow_cancelled``): it never
+starts and never waits for a slot.
+
+``shutdown()`` cancels every active background run with cause ``shutdown``
+and waits for them; it is registered with ``atexit``, which runs before the
+(daemon) workers are stopped, so no run is left recorded as ``running``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections import deque
+
+from ._runner import Runner
+from .events import CancelCause
+from .handles import RunHandle
+from .registry import REGISTRY
+
+__all__ = ["WorkerPool", "active_handles", "shutdown"]
+
+logger = logging.getLogger("threadflow")
+
+_handles_lock = threading.Lock()
+_active: dict[str, RunHandle] = {}
+
+
+class WorkerPool:
+    """Runs handles' runners on at most ``max_workers`` threads at once."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self.max_workers = max_workers
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: deque[RunHandle] = deque()
+        self._workers = 0
+
+    def submit(self, handle: RunHandle) -> None:
+        with _handles_lock:
+            _active[handle.run_id] = handle
+        with self._lock:
+            self._queue.append(handle)
+            start = self._workers < self.max_workers
+            if start:
+                self._workers += 1
+        # Registered after queueing: a cancel accepted before this line calls it at once.
+        REGISTRY.add_callback(handle.state, lambda: self._cancel_queued(handle))
+        if start:
+            threading.Thread(target=self._work, name=f"threadflow-{self.name}", daemon=True).start()
+
+    def _cancel_queued(self, handle: RunHandle) -> None:
+        with self._lock:
+            try:
+                self._queue.remove(handle)
+            except ValueError:
+                return  # a worker has it already: it sees the cancel at its first checkpoint
+        _record_unstarted(handle)
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._workers -= 1
+                    return
+                handle = self._queue.popleft()
+            _execute(handle)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+
+def _execute(handle: RunHandle) -> None:
+    runner: Runner = handle._runner
+    try:
+        for _ in runner.events():
+            pass
+    except BaseException:
+        logger.exception("threadflow: background run %s crashed", handle.run_id)
+        runner.abandon()
+    finally:
+        _done(handle)
+
+
+def _record_unstarted(handle: RunHandle) -> None:
+    try:
+        handle._runner.abandon()  # records workflow_started + workflow_cancelled, with the cause asked for
+    finally:
+        _done(handle)
+
+
+def _done(handle: RunHandle) -> None:
+    with _handles_lock:
+        _active.pop(handle.run_id, None)
+    handle._set_done()
+
+
+def active_handles() -> list[RunHandle]:
+    with _handles_lock:
+        return list(_active.values())
+
+
+def shutdown(timeout: float = 10.0) -> bool:
+    """Cancel every active background run (cause ``shutdown``) and wait up to ``timeout`` seconds.
+
+    Returns True if they all ended in time. Streams being iterated by other
+    threads are not touched: their consumers own them.
+    """
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be non-negative, not {timeout!r}")
+    handles = active_handles()
+    for handle in handles:
+        REGISTRY.cancel(handle.state, "threadflow is shutting down", CancelCause.shutdown)
+    deadline = time.monotonic() + timeout
+    ended = True
+    for handle in handles:
+        ended = handle.wait(max(0.0, deadline - time.monotonic())) and ended
+    return ended
+
+
+atexit.register(shutdown)

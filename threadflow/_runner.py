@@ -1,0 +1,375 @@
+"""The run loop: the only code that calls steps, yields events and hits checkpoints.
+
+``Runner.events()`` is a generator driven by whoever consumes the run — the
+caller of ``run()``, the ``for`` loop over a ``RunStream``, or a background
+worker. Step code executes inside ``next()`` on it, in the consumer's thread.
+
+Checkpoints here: the start of every step and every attempt, and both sides
+of every event handed to the consumer. A cancel found at a checkpoint is
+delivered *inside* the step: thrown into a generator step at its ``yield``,
+so that its ``except CancellationError`` / ``finally`` cleanup runs.
+
+If the consumer leaves (``GeneratorExit`` at one of our yields), ``abandon()``
+cancels the run with cause ``stream_closed``, drives the suspended step
+through its cleanup (letting a shielded section finish first), and records
+the terminal event — to the store and the run's record, since Python forbids
+yielding after ``GeneratorExit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Generator
+from types import GeneratorType
+from typing import TYPE_CHECKING, Any
+
+from ._timer import TIMER
+from .context import RunContext, cancellation_error, current_context_var
+from .events import (
+    BaseEvent,
+    CancelCause,
+    RunCancelledEvent,
+    RunCompletedEvent,
+    RunContentEvent,
+    RunErrorEvent,
+    RunStartedEvent,
+    RunStatus,
+    StepCompletedEvent,
+    StepRetryingEvent,
+    StepStartedEvent,
+    WorkflowCancelledEvent,
+    WorkflowCompletedEvent,
+    WorkflowErrorEvent,
+    WorkflowStartedEvent,
+    make_event,
+)
+from .exceptions import CancellationError
+from .output import WorkflowRunOutput
+from .registry import REGISTRY, RunState
+from .steps import Step, StepInput
+
+if TYPE_CHECKING:
+    from .storage.base import RunStore
+
+__all__ = ["Runner", "StepFailed"]
+
+logger = logging.getLogger("threadflow")
+
+_CURRENT = current_context_var()
+_time = time.time
+
+EventSink = Callable[[BaseEvent], None]
+
+
+class StepFailed(Exception):
+    """A step raised (after its retries); the step's exception is ``error``."""
+
+    def __init__(self, step: Step, error: BaseException) -> None:
+        super().__init__(f"step {step.name!r} failed: {type(error).__name__}: {error}")
+        self.step = step
+        self.error = error
+
+
+class Runner:
+    """Drives one run from ``workflow_started`` to its one terminal event."""
+
+    def __init__(
+        self,
+        steps: tuple[Step, ...],
+        state: RunState,
+        run_input: Any,
+        *,
+        store: RunStore | None,
+        sink: EventSink | None = None,
+    ) -> None:
+        self.steps = steps
+        self.state = state
+        self.input = run_input
+        self.store = store
+        sinks = [s for s in (store.append if store is not None and store.records_events else None, sink) if s]
+        self.sink: EventSink | None = _fan_out(sinks)
+        self.ctx = RunContext(state)
+        self.seq = 0
+        self.outputs: dict[str, Any] = {}
+        self.content: Any = None
+        self.failure: StepFailed | None = None
+        self.output: WorkflowRunOutput | None = None
+        # The streaming step now suspended at a yield, with its index and step.
+        self._step_gen: Generator[Any, None, Any] | None = None
+        self._step_index = -1
+        self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
+
+    # -- events -------------------------------------------------------------
+
+    def emit(self, cls: type[BaseEvent], **fields: Any) -> BaseEvent:
+        """Number an event, log it to the store / run record, and return it for the consumer."""
+        self.seq += 1
+        fields.update(self._base)
+        fields["seq"] = self.seq
+        fields["created_at"] = _time()
+        event = make_event(cls, fields)
+        if self.sink is not None:
+            self.sink(event)
+        return event
+
+    def _step_fields(self, step: Step, index: int, agent: bool = False) -> dict[str, Any]:
+        fields: dict[str, Any] = {"step_name": step.name, "step_index": index}
+        if agent:
+            fields["agent_name"] = step.agent_name
+        return fields
+
+    # -- the run ------------------------------------------------------------
+
+    def events(self) -> Generator[BaseEvent, None, None]:
+        """Run every step, yielding each event; ends with exactly one terminal event."""
+        try:
+            self._begin()
+            yield self.emit(WorkflowStartedEvent)
+            for index, step in enumerate(self.steps):
+                self._checkpoint()
+                self._step_index = index
+                self.state.step_name = self.ctx.step_name = step.name
+                yield self.emit(StepStartedEvent, **self._step_fields(step, index))
+                content = yield from self._run_step(index, step)
+                self.outputs[step.name] = self.content = content
+                yield self.emit(StepCompletedEvent, content=content, **self._step_fields(step, index))
+                self._checkpoint()
+            terminal = self._finish(RunStatus.completed)
+        except CancellationError:
+            terminal = self._finish(RunStatus.cancelled)
+        except StepFailed as failed:
+            self.failure = failed
+            terminal = self._finish(RunStatus.error)
+        except GeneratorExit:
+            self.abandon()
+            raise
+        yield terminal
+
+    def _begin(self) -> None:
+        state = self.state
+        state.started_at = _time()
+        REGISTRY.set_status(state, RunStatus.running)
+        TIMER.resume(state)
+
+    def _checkpoint(self) -> None:
+        if self.state.cancel_requested:
+            raise cancellation_error(self.state)
+
+    def _run_step(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
+        """Run one step, retrying failed attempts as its policy says."""
+        ctx = self.ctx
+        attempts = step.retry.attempts(ctx.sleep) if step.retries else None
+        attempt = 1
+        while True:
+            ctx.attempt = attempt
+            self._checkpoint()
+            try:
+                content = yield from self._attempt(index, step)
+            except StepFailed as failed:
+                REGISTRY.clear_callbacks(self.state)
+                delay = attempts.failed(failed.error) if attempts is not None else None
+                if attempts is None or delay is None:
+                    raise
+                yield self.emit(
+                    StepRetryingEvent,
+                    attempt=attempt,
+                    error=str(failed.error),
+                    error_type=type(failed.error).__name__,
+                    delay=delay,
+                    **self._step_fields(step, index),
+                )
+                self._in_step(attempts.sleep, delay)
+                attempt += 1
+            else:
+                # on_cancel registrations last as long as the step; on a cancel
+                # they must still fire, so they are not dropped on that path.
+                REGISTRY.clear_callbacks(self.state)
+                return content
+
+    def _in_step(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` with the run's context as the ambient one."""
+        token = _CURRENT.set(self.ctx)
+        try:
+            return fn(*args)
+        finally:
+            _CURRENT.reset(token)
+
+    def _attempt(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
+        step_input = StepInput(
+            self.input, self.content, self.state.run_id, self.state.workflow_id, step.name, index, self.outputs
+        )
+        try:
+            result = self._in_step(step.start, step_input)
+        except Exception as error:
+            self._checkpoint()  # a step that fails because it was cancelled was cancelled
+            raise StepFailed(step, error) from error
+        if type(result) is GeneratorType:
+            return (yield from self._stream(index, step, result))
+        self._checkpoint()  # the step ignored the cancel: its result is discarded
+        return result
+
+    def _stream(self, index: int, step: Step, gen: Generator[Any, None, Any]) -> Generator[BaseEvent, None, Any]:
+        """Drive a streaming step, yielding one ``run_content`` per string it yields."""
+        run_fields = self._step_fields(step, index, agent=True)
+        yield self.emit(RunStartedEvent, **run_fields)
+        state, ctx, sink, base = self.state, self.ctx, self.sink, self._base
+        template = {**base, **run_fields}
+        chunks: list[str] = []
+        self._step_gen = gen
+        try:
+            while True:
+                token = _CURRENT.set(ctx)
+                try:
+                    if state.cancel_requested and not state.shield_depth:
+                        chunk = gen.throw(cancellation_error(state))
+                    else:
+                        chunk = next(gen)
+                except StopIteration as stop:
+                    value = stop.value
+                    break
+                finally:
+                    _CURRENT.reset(token)
+                if type(chunk) is not str:
+                    self._close_quietly(gen)
+                    raise TypeError(
+                        f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
+                    )
+                if state.cancel_requested and not state.shield_depth:
+                    continue  # the checkpoint before handing it over: throw in at the top
+                chunks.append(chunk)
+                self.seq += 1
+                fields = template.copy()
+                fields["seq"] = self.seq
+                fields["created_at"] = _time()
+                fields["content"] = chunk
+                event = make_event(RunContentEvent, fields)
+                if sink is not None:
+                    sink(event)
+                yield event
+        except CancellationError:
+            self._step_gen = None
+            yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
+            raise
+        except Exception as error:
+            self._step_gen = None
+            if state.cancel_requested:
+                yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
+                raise cancellation_error(state) from error
+            yield self.emit(RunErrorEvent, error=str(error), error_type=type(error).__name__, **run_fields)
+            raise StepFailed(step, error) from error
+        self._step_gen = None
+        if state.cancel_requested:  # the step swallowed the cancel and returned
+            yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
+            raise cancellation_error(state)
+        content = "".join(chunks) if value is None else value
+        yield self.emit(RunCompletedEvent, content=content, **run_fields)
+        return content
+
+    @staticmethod
+    def _close_quietly(gen: Generator[Any, None, Any]) -> None:
+        try:
+            gen.close()
+        except Exception:
+            logger.debug("threadflow: closing a failed step generator raised", exc_info=True)
+
+    # -- the end ------------------------------------------------------------
+
+    def _finish(self, wanted: RunStatus) -> BaseEvent:
+        """Decide the final status (cancel wins), record it, leave the registry; the terminal event."""
+        state = self.state
+        final = REGISTRY.finish(state, wanted)
+        TIMER.stop(state)
+        if final is RunStatus.completed:
+            terminal = self.emit(WorkflowCompletedEvent, content=self.content)
+        elif final is RunStatus.cancelled:
+            terminal = self.emit(
+                WorkflowCancelledEvent, reason=state.reason, cause=_cause(state), step_name=state.step_name
+            )
+        else:
+            error = self.failure.error if self.failure is not None else RuntimeError("run failed")
+            state.error, state.error_type = str(error), type(error).__name__
+            terminal = self.emit(
+                WorkflowErrorEvent, error=state.error, error_type=state.error_type, step_name=state.step_name
+            )
+        self.output = self._output(final)
+        try:
+            if self.store is not None:
+                self.store.run_ended(state.info())
+        finally:
+            REGISTRY.remove(state)
+        return terminal
+
+    def _output(self, final: RunStatus) -> WorkflowRunOutput:
+        state = self.state
+        return WorkflowRunOutput(
+            run_id=state.run_id,
+            workflow_id=state.workflow_id,
+            workflow_name=state.workflow_name,
+            status=final,
+            content=self.content if final is RunStatus.completed else None,
+            step_outputs=self.outputs,
+            step_name=state.step_name,
+            cause=state.cause,
+            reason=state.reason,
+            error=state.error,
+            error_type=state.error_type,
+            created_at=state.created_at,
+            started_at=state.started_at,
+            ended_at=state.ended_at,
+        )
+
+    def abandon(self) -> None:
+        """The consumer left: cancel (``stream_closed``), let the step clean up, record the end.
+
+        Safe to call at any point, and more than once; does nothing once the run has ended.
+        """
+        state = self.state
+        if state.status.is_terminal:
+            return
+        REGISTRY.cancel(state, None, CancelCause.stream_closed)
+        gen, self._step_gen = self._step_gen, None
+        if gen is not None:
+            self._drain(gen)
+            step = self.steps[self._step_index]
+            run_fields = self._step_fields(step, self._step_index, agent=True)
+            self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
+        if state.started_at is None:  # never iterated: the log still starts with workflow_started
+            state.started_at = _time()
+            self.emit(WorkflowStartedEvent)
+        self._finish(RunStatus.cancelled)
+
+    def _drain(self, gen: Generator[Any, None, Any]) -> None:
+        """Run a suspended step to its end without a consumer: shielded code first, then the cancel."""
+        state = self.state
+        while True:
+            token = _CURRENT.set(self.ctx)
+            try:
+                if state.shield_depth:
+                    next(gen)  # its output is discarded: nobody is listening
+                else:
+                    gen.throw(cancellation_error(state))
+            except (StopIteration, CancellationError):
+                return
+            except Exception:
+                logger.debug("threadflow: step raised while cleaning up an abandoned run", exc_info=True)
+                return
+            finally:
+                _CURRENT.reset(token)
+
+
+def _cause(state: RunState) -> CancelCause:
+    return state.cause or CancelCause.requested
+
+
+def _fan_out(sinks: list[EventSink]) -> EventSink | None:
+    if not sinks:
+        return None
+    if len(sinks) == 1:
+        return sinks[0]
+
+    def fan_out(event: BaseEvent) -> None:
+        for sink in sinks:
+            sink(event)
+
+    return fan_out

@@ -1,0 +1,209 @@
+"""What step code calls: ``get_context()``, checkpoints, waits, ``shield()``, ``on_cancel``.
+
+A checkpoint is a place where a cancelled run raises ``CancellationError``:
+``ctx.check_cancellation()``, ``ctx.sleep()``, ``ctx.wait()``, and the points
+where the runner hands an event to the consumer. Cancellation is
+level-triggered: once requested, every later checkpoint raises, except inside
+``shield()``, which only postpones it to the first checkpoint after the
+outermost shield exits.
+
+The ambient context is set only while step code executes and is restored
+before every event is handed to the consumer, so two streams interleaved in
+one thread never see each other's context.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from ._timer import TIMER
+from .events import CancelCause, RunStatus
+from .exceptions import CancellationError
+from .registry import REGISTRY, RunState
+
+__all__ = ["RunContext", "get_context", "shield"]
+
+_current: ContextVar[RunContext | None] = ContextVar("threadflow_run_context", default=None)
+
+
+class RunContext:
+    """The view of the current run that step code gets from ``get_context()``."""
+
+    __slots__ = ("_state", "attempt", "step_name")
+
+    def __init__(self, state: RunState) -> None:
+        self._state = state
+        #: The step now running.
+        self.step_name: str | None = None
+        #: 1 for a step's first attempt, 2 for its first retry, ...
+        self.attempt = 1
+
+    @property
+    def run_id(self) -> str:
+        return self._state.run_id
+
+    @property
+    def workflow_id(self) -> str:
+        return self._state.workflow_id
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel has been accepted (also inside a shield)."""
+        return self._state.cancel_requested
+
+    @property
+    def cancel_reason(self) -> str | None:
+        return self._state.reason
+
+    @property
+    def cancel_cause(self) -> CancelCause | None:
+        return self._state.cause
+
+    @property
+    def cancel_event(self) -> threading.Event:
+        """Set when a cancel is accepted and never cleared; for code that waits on its own."""
+        return self._state.cancel_event
+
+    def check_cancellation(self) -> None:
+        """A checkpoint: raise ``CancellationError`` if the run is cancelled (outside a shield)."""
+        state = self._state
+        if state.cancel_requested and not state.shield_depth:
+            raise cancellation_error(state)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, waking at once (with ``CancellationError``) when the run is cancelled.
+
+        The time asleep does not count toward ``run_timeout``. Inside a shield
+        the sleep runs its full length.
+        """
+        if seconds < 0:
+            raise ValueError(f"sleep length must be non-negative, not {seconds!r}")
+        self._wait_until(None, time.monotonic() + seconds)
+
+    def wait(self, event: threading.Event | None = None, timeout: float | None = None) -> bool:
+        """Wait until ``event`` is set or ``timeout`` passes; a checkpoint.
+
+        Returns True if ``event`` was set, False on timeout. Raises
+        ``CancellationError`` as soon as the run is cancelled (outside a
+        shield). With no event it waits for the timeout (or for ever) — an
+        interruptible pause. The time waited does not count toward
+        ``run_timeout``.
+        """
+        if timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be non-negative, not {timeout!r}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._wait_until(event, deadline)
+
+    def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
+        """Call ``callback()`` once, from the cancelling thread, when the run is cancelled.
+
+        Use it to unblock code that cannot be interrupted otherwise, e.g. to
+        shut down the socket a step is reading. If the run is already
+        cancelled the callback runs at once. It must be quick; an exception it
+        raises is logged and does not stop the cancellation. The registration
+        lasts until the current step ends; the returned function removes it
+        earlier.
+        """
+        state = self._state
+        REGISTRY.add_callback(state, callback)
+        return lambda: REGISTRY.remove_callback(state, callback)
+
+    # -- waiting ------------------------------------------------------------
+
+    def _wait_until(self, event: threading.Event | None, deadline: float | None) -> bool:
+        state = self._state
+        self.check_cancellation()
+        REGISTRY.set_status(state, RunStatus.waiting)
+        TIMER.pause(state)
+        try:
+            return _wait_for(state, event, deadline)
+        finally:
+            REGISTRY.set_status(state, RunStatus.running)
+            TIMER.resume(state)
+            self.check_cancellation()
+
+    def __repr__(self) -> str:
+        return f"<RunContext run={self.run_id} step={self.step_name} attempt={self.attempt}>"
+
+
+def _wait_for(state: RunState, event: threading.Event | None, deadline: float | None) -> bool:
+    """Wait for ``event`` (or only the deadline); wake early on an unshielded cancel."""
+    if event is None:
+        while not state.delivers_cancel:
+            remaining = _remaining(deadline)
+            if remaining == 0.0:
+                return False
+            if state.cancel_requested:  # shielded: the cancel cannot wake us
+                time.sleep(remaining if remaining is not None else 3600.0)
+            else:
+                state.cancel_event.wait(remaining)
+        return False
+    return _wait_for_event(state, event, deadline)
+
+
+def _wait_for_event(state: RunState, event: threading.Event, deadline: float | None) -> bool:
+    # threading.Event cannot be waited on together with another Event, so we
+    # wait on its own Condition and have the cancel notify that Condition.
+    cond: threading.Condition = event._cond
+
+    def wake() -> None:
+        with cond:
+            cond.notify_all()
+
+    REGISTRY.add_callback(state, wake)
+    try:
+        with cond:
+            while not event.is_set():
+                if state.delivers_cancel:
+                    return False
+                remaining = _remaining(deadline)
+                if remaining == 0.0:
+                    return False
+                cond.wait(remaining)
+            return True
+    finally:
+        REGISTRY.remove_callback(state, wake)
+
+
+def _remaining(deadline: float | None) -> float | None:
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def cancellation_error(state: RunState) -> CancellationError:
+    return CancellationError(state.run_id, state.reason, state.cause or CancelCause.requested)
+
+
+def get_context() -> RunContext:
+    """The ``RunContext`` of the step now executing; ``RuntimeError`` outside a run."""
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("threadflow.get_context() called outside a running step")
+    return ctx
+
+
+@contextmanager
+def shield() -> Iterator[None]:
+    """Postpone cancellation while the block runs (shields nest).
+
+    Checkpoints inside do not raise; a cancel requested meanwhile is kept and
+    lands at the first checkpoint after the outermost shield exits. Use it to
+    protect a critical section or cleanup that must finish.
+    """
+    state = get_context()._state
+    with REGISTRY.lock:
+        state.shield_depth += 1
+    try:
+        yield
+    finally:
+        with REGISTRY.lock:
+            state.shield_depth -= 1
+
+
+def current_context_var() -> ContextVar[RunContext | None]:
+    return _current

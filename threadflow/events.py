@@ -1,0 +1,301 @@
+"""The events a run emits: the single wire format of threadflow.
+
+Every event is an immutable pydantic model with the fields ``event``,
+``run_id``, ``workflow_id``, ``workflow_name``, ``seq`` and ``created_at``.
+``Event`` is the discriminated union of them all, on the ``event`` field, and
+``parse_event()`` reads back what ``model_dump_json()`` wrote, exactly. The same
+JSON travels through streams, stores, the CLI and HTTP.
+
+A run's events are numbered ``seq`` 1, 2, 3, ... without gaps; the first is
+``workflow_started`` and the last is exactly one of ``workflow_completed``,
+``workflow_cancelled`` or ``workflow_error``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+__all__ = [
+    "BaseEvent",
+    "CancelCause",
+    "Event",
+    "RunCancelledEvent",
+    "RunCompletedEvent",
+    "RunContentEvent",
+    "RunErrorEvent",
+    "RunEvent",
+    "RunInfo",
+    "RunStartedEvent",
+    "RunStatus",
+    "StepCompletedEvent",
+    "StepRetryingEvent",
+    "StepStartedEvent",
+    "WorkflowCancelledEvent",
+    "WorkflowCompletedEvent",
+    "WorkflowErrorEvent",
+    "WorkflowRunEvent",
+    "WorkflowStartedEvent",
+    "is_terminal",
+    "parse_event",
+]
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is in its lifecycle (SPEC §2). The last three are terminal."""
+
+    pending = "pending"
+    running = "running"
+    waiting = "waiting"
+    cancelling = "cancelling"
+    completed = "completed"
+    cancelled = "cancelled"
+    error = "error"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL_STATUSES
+
+
+_TERMINAL_STATUSES = frozenset({RunStatus.completed, RunStatus.cancelled, RunStatus.error})
+
+
+class CancelCause(enum.StrEnum):
+    """Why a run was cancelled."""
+
+    requested = "requested"  # cancel_run(), RunHandle.cancel(), the CLI, HTTP
+    timeout = "timeout"  # run_timeout elapsed
+    stream_closed = "stream_closed"  # the consumer left the stream
+    shutdown = "shutdown"  # threadflow.shutdown() or interpreter exit
+
+
+class RunInfo(BaseModel):
+    """A snapshot of one run's record: what ``get_run()`` and the stores answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    status: RunStatus
+    cause: CancelCause | None = None
+    reason: str | None = None
+    step_name: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class WorkflowRunEvent(enum.StrEnum):
+    """Names of the workflow-level events."""
+
+    workflow_started = "workflow_started"
+    step_started = "step_started"
+    step_retrying = "step_retrying"
+    step_completed = "step_completed"
+    workflow_completed = "workflow_completed"
+    workflow_cancelled = "workflow_cancelled"
+    workflow_error = "workflow_error"
+
+
+class RunEvent(enum.StrEnum):
+    """Names of the events of one step's own run (an agent or a streaming function)."""
+
+    run_started = "run_started"
+    run_content = "run_content"
+    run_completed = "run_completed"
+    run_cancelled = "run_cancelled"
+    run_error = "run_error"
+
+
+class BaseEvent(BaseModel):
+    """Fields every event has."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event: Any
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    seq: int
+    created_at: float
+
+    #: True for the three events that end a run.
+    terminal: ClassVar[bool] = False
+
+
+class _StepEvent(BaseEvent):
+    step_name: str
+    step_index: int
+
+
+class _StepRunEvent(_StepEvent):
+    agent_name: str | None = None
+
+
+class WorkflowStartedEvent(BaseEvent):
+    event: Literal[WorkflowRunEvent.workflow_started] = WorkflowRunEvent.workflow_started
+
+
+class StepStartedEvent(_StepEvent):
+    event: Literal[WorkflowRunEvent.step_started] = WorkflowRunEvent.step_started
+
+
+class StepRetryingEvent(_StepEvent):
+    """The attempt ``attempt`` failed with ``error``; the next starts after ``delay`` seconds.
+
+    Content streamed by the failed attempt is to be discarded by the consumer.
+    """
+
+    event: Literal[WorkflowRunEvent.step_retrying] = WorkflowRunEvent.step_retrying
+    attempt: int
+    error: str
+    error_type: str
+    delay: float
+
+
+class StepCompletedEvent(_StepEvent):
+    event: Literal[WorkflowRunEvent.step_completed] = WorkflowRunEvent.step_completed
+    content: Any = None
+
+
+class WorkflowCompletedEvent(BaseEvent):
+    event: Literal[WorkflowRunEvent.workflow_completed] = WorkflowRunEvent.workflow_completed
+    content: Any = None
+    status: Literal[RunStatus.completed] = RunStatus.completed
+    terminal: ClassVar[bool] = True
+
+
+class WorkflowCancelledEvent(BaseEvent):
+    event: Literal[WorkflowRunEvent.workflow_cancelled] = WorkflowRunEvent.workflow_cancelled
+    reason: str | None = None
+    cause: CancelCause
+    step_name: str | None = None
+    status: Literal[RunStatus.cancelled] = RunStatus.cancelled
+    terminal: ClassVar[bool] = True
+
+
+class WorkflowErrorEvent(BaseEvent):
+    event: Literal[WorkflowRunEvent.workflow_error] = WorkflowRunEvent.workflow_error
+    error: str
+    error_type: str
+    step_name: str | None = None
+    status: Literal[RunStatus.error] = RunStatus.error
+    terminal: ClassVar[bool] = True
+
+
+class RunStartedEvent(_StepRunEvent):
+    event: Literal[RunEvent.run_started] = RunEvent.run_started
+
+
+class RunContentEvent(_StepRunEvent):
+    event: Literal[RunEvent.run_content] = RunEvent.run_content
+    content: str
+
+
+class RunCompletedEvent(_StepRunEvent):
+    event: Literal[RunEvent.run_completed] = RunEvent.run_completed
+    content: Any = None
+
+
+class RunCancelledEvent(_StepRunEvent):
+    event: Literal[RunEvent.run_cancelled] = RunEvent.run_cancelled
+    reason: str | None = None
+    cause: CancelCause
+
+
+class RunErrorEvent(_StepRunEvent):
+    event: Literal[RunEvent.run_error] = RunEvent.run_error
+    error: str
+    error_type: str
+
+
+Event = Annotated[
+    WorkflowStartedEvent
+    | StepStartedEvent
+    | StepRetryingEvent
+    | StepCompletedEvent
+    | WorkflowCompletedEvent
+    | WorkflowCancelledEvent
+    | WorkflowErrorEvent
+    | RunStartedEvent
+    | RunContentEvent
+    | RunCompletedEvent
+    | RunCancelledEvent
+    | RunErrorEvent,
+    Field(discriminator="event"),
+]
+
+_event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: str | bytes | bytearray | dict[str, Any]) -> Event:
+    """Read an event back from its JSON (``model_dump_json()``) or its dict form.
+
+    Raises ``pydantic.ValidationError`` when ``data`` is not an event.
+    """
+    if isinstance(data, dict):
+        return _event_adapter.validate_python(data)
+    return _event_adapter.validate_json(data)
+
+
+def is_terminal(event: BaseEvent) -> bool:
+    """True for ``workflow_completed``, ``workflow_cancelled`` and ``workflow_error``."""
+    return event.terminal
+
+
+_E = TypeVar("_E", bound=BaseEvent)
+
+
+def make_event(cls: type[_E], fields: dict[str, Any]) -> _E:
+    """Build an event from trusted values without re-validating them.
+
+    The runner builds every event from values it produced itself, so pydantic's
+    validation would only cost time on the hot path (it is most of the price of
+    an event). ``fields`` must give every required field; the result is equal
+    to, and dumps the same JSON as, the validated ``cls(**fields)``.
+    """
+    values = _TEMPLATES[cls].copy()  # keeps the declared field order for the JSON
+    values.update(fields)
+    obj = _new(cls)
+    _set_dict(obj, values)
+    _set_fields_set(obj, _FIELDS_SET[cls])
+    _set_extra(obj, None)
+    _set_private(obj, None)
+    return obj
+
+
+# BaseModel's own slot descriptors: setting them directly skips the frozen
+# model's __setattr__ guard, which is what pydantic's model_construct does too.
+_new = object.__new__
+_set_dict = BaseModel.__dict__["__dict__"].__set__
+_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
+_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
+def _template(cls: type[BaseEvent]) -> dict[str, Any]:
+    fields = cls.model_fields.items()
+    return {name: (None if info.is_required() else info.default) for name, info in fields}
+
+
+_ALL_EVENTS: tuple[type[BaseEvent], ...] = (
+    WorkflowStartedEvent,
+    StepStartedEvent,
+    StepRetryingEvent,
+    StepCompletedEvent,
+    WorkflowCompletedEvent,
+    WorkflowCancelledEvent,
+    WorkflowErrorEvent,
+    RunStartedEvent,
+    RunContentEvent,
+    RunCompletedEvent,
+    RunCancelledEvent,
+    RunErrorEvent,
+)
+_TEMPLATES: dict[type[BaseEvent], dict[str, Any]] = {c: _template(c) for c in _ALL_EVENTS}
+_FIELDS_SET: dict[type[BaseEvent], set[str]] = {c: set(c.model_fields) for c in _ALL_EVENTS}

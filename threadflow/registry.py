@@ -1,0 +1,257 @@
+"""The run registry: every active run of this process, one lock, named states.
+
+Each active run has a ``RunState`` here from the moment it is created (a
+``RunStream`` not yet iterated, a queued background run) until it has ended.
+Every change of a run's status, and every cancel request, happens under the
+registry's one lock; the decision between *cancelled* and *completed* is made
+in exactly one place (``Registry.finish``), so a ``cancel_run`` that returned
+``True`` always ends in ``cancelled``. No user code, callback or I/O runs while
+the lock is held: ``on_cancel`` callbacks run right after it is released, in
+the cancelling thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .events import CancelCause, RunInfo, RunStatus
+from .exceptions import DuplicateRunError
+
+if TYPE_CHECKING:
+    from .storage.base import RunStore
+
+__all__ = ["REGISTRY", "Registry", "RunState", "check_reason"]
+
+logger = logging.getLogger("threadflow")
+
+_ACTIVE = (RunStatus.pending, RunStatus.running, RunStatus.waiting, RunStatus.cancelling)
+
+
+class RunState:
+    """The live record of one active run. Its status changes only under the registry lock.
+
+    ``cancel_requested`` is a plain attribute so that the hot-path checkpoint is
+    one attribute read; ``cancel_event`` is set at the same moment, for waiting.
+    Neither is ever cleared: cancellation is level-triggered.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "active_since",
+        "background",
+        "budget_left",
+        "callbacks",
+        "cancel_event",
+        "cancel_requested",
+        "cause",
+        "created_at",
+        "ended_at",
+        "error",
+        "error_type",
+        "reason",
+        "run_id",
+        "shield_depth",
+        "started_at",
+        "status",
+        "step_name",
+        "store",
+        "timeout",
+        "timer_generation",
+        "workflow_id",
+        "workflow_name",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        workflow_id: str,
+        workflow_name: str,
+        *,
+        store: RunStore | None = None,
+        timeout: float | None = None,
+        background: bool = False,
+    ) -> None:
+        self.run_id = run_id
+        self.workflow_id = workflow_id
+        self.workflow_name = workflow_name
+        self.store = store
+        self.status = RunStatus.pending
+        self.cause: CancelCause | None = None
+        self.reason: str | None = None
+        self.step_name: str | None = None
+        self.error: str | None = None
+        self.error_type: str | None = None
+        self.created_at = time.time()
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+        self.cancel_requested = False
+        self.cancel_event = threading.Event()
+        self.shield_depth = 0
+        self.callbacks: list[Callable[[], object]] | None = []
+        self.background = background
+        # run_timeout bookkeeping, owned by threadflow._timer
+        self.timeout = timeout
+        self.budget_left = timeout
+        self.active_since = 0.0
+        self.timer_generation = 0
+
+    @property
+    def delivers_cancel(self) -> bool:
+        """True when a checkpoint here must raise: cancel requested and not shielded."""
+        return self.cancel_requested and not self.shield_depth
+
+    def info(self) -> RunInfo:
+        return RunInfo.model_construct(
+            run_id=self.run_id,
+            workflow_id=self.workflow_id,
+            workflow_name=self.workflow_name,
+            status=self.status,
+            cause=self.cause,
+            reason=self.reason,
+            step_name=self.step_name,
+            error=self.error,
+            error_type=self.error_type,
+            created_at=self.created_at,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+        )
+
+    def __repr__(self) -> str:
+        return f"<RunState {self.run_id} {self.status.value}>"
+
+
+class Registry:
+    """The active runs of the process.
+
+    The lock is re-entrant on purpose: a ``RunStream`` dropped by the garbage
+    collector finalises its run from ``__del__``, and the collector can run in
+    any thread at any allocation, including inside one of the short critical
+    sections below. Those sections never iterate the table in Python, so a
+    re-entrant finalisation cannot break them.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self._runs: dict[str, RunState] = {}
+
+    # -- membership ---------------------------------------------------------
+
+    def add(self, state: RunState) -> None:
+        """Register a new run; raises ``DuplicateRunError`` if its id is active."""
+        with self.lock:
+            if state.run_id in self._runs:
+                raise DuplicateRunError(state.run_id)
+            self._runs[state.run_id] = state
+
+    def remove(self, state: RunState) -> None:
+        with self.lock:
+            if self._runs.get(state.run_id) is state:
+                del self._runs[state.run_id]
+
+    def get(self, run_id: str) -> RunState | None:
+        return self._runs.get(run_id)
+
+    def states(self) -> list[RunState]:
+        with self.lock:
+            return list(self._runs.values())
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+    # -- status changes -----------------------------------------------------
+
+    def set_status(self, state: RunState, status: RunStatus) -> None:
+        """Move between pending, running and waiting; a cancelling run stays cancelling."""
+        with self.lock:
+            if state.status in _ACTIVE and state.status is not RunStatus.cancelling:
+                state.status = status
+
+    def request_cancel(
+        self,
+        run_id: str,
+        reason: str | None = None,
+        cause: CancelCause = CancelCause.requested,
+        *,
+        workflow_id: str | None = None,
+    ) -> bool:
+        """Cancel the active run ``run_id`` (of ``workflow_id``, when given).
+
+        Returns True iff the run is active; the first accepted request fixes
+        the cause and reason. Returns after the run's ``on_cancel`` callbacks
+        have run, never waiting for the run's own code.
+        """
+        check_reason(reason)
+        state = self._runs.get(run_id)
+        if state is None or (workflow_id is not None and state.workflow_id != workflow_id):
+            return False
+        return self.cancel(state, reason, cause)
+
+    def cancel(self, state: RunState, reason: str | None, cause: CancelCause) -> bool:
+        with self.lock:
+            if state.status not in _ACTIVE:
+                return False
+            if state.cancel_requested:
+                return True
+            state.cancel_requested = True
+            state.cause = cause
+            state.reason = reason
+            state.status = RunStatus.cancelling
+            callbacks, state.callbacks = state.callbacks, None
+            state.cancel_event.set()
+        _call_all(callbacks or ())
+        return True
+
+    def add_callback(self, state: RunState, callback: Callable[[], object]) -> None:
+        """Call ``callback`` once when the run is cancelled (at once if it already is)."""
+        with self.lock:
+            if state.callbacks is not None:
+                state.callbacks.append(callback)
+                return
+        _call_all((callback,))
+
+    def remove_callback(self, state: RunState, callback: Callable[[], object]) -> None:
+        with self.lock:
+            if state.callbacks is not None and callback in state.callbacks:
+                state.callbacks.remove(callback)
+
+    def clear_callbacks(self, state: RunState) -> None:
+        """Drop the callbacks registered by a step that has ended."""
+        with self.lock:
+            if state.callbacks:
+                state.callbacks = []
+
+    def finish(self, state: RunState, wanted: RunStatus) -> RunStatus:
+        """Make the run terminal and return its final status.
+
+        This is where cancellation and completion meet: a run whose cancel was
+        accepted ends ``cancelled`` whatever ``wanted`` says. The entry stays
+        in the table (answering ``False`` to cancels) until ``remove``.
+        """
+        with self.lock:
+            if state.status not in _ACTIVE:
+                return state.status
+            final = RunStatus.cancelled if state.cancel_requested else wanted
+            state.status = final
+            state.ended_at = time.time()
+            state.callbacks = None
+            return final
+
+
+def check_reason(reason: object) -> None:
+    if reason is not None and not isinstance(reason, str):
+        raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+
+
+def _call_all(callbacks: Sequence[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            logger.exception("threadflow: on_cancel callback %r raised", callback)
+
+
+REGISTRY = Registry()

@@ -1,0 +1,140 @@
+"""Steps: what a workflow runs, and what each step is given.
+
+A step has exactly one of an *executor* (a callable taking a ``StepInput``)
+or an *agent*. A plain executor's return value is the step's output. An
+executor that returns a generator streams: every ``str`` it yields becomes a
+``RunContentEvent``, and its return value — or, when it returns ``None``, the
+yielded strings joined — is the output. An agent streams its model's tokens.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tenacity.wait import WaitBaseT
+
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .agents import Agent
+
+__all__ = ["Executor", "Step", "StepInput", "as_step"]
+
+
+@dataclass(slots=True)
+class StepInput:
+    """What a step's executor is called with."""
+
+    #: The workflow's input.
+    input: Any
+    #: The output of the step before this one (None for the first step).
+    previous_step_content: Any
+    run_id: str
+    workflow_id: str
+    step_name: str
+    step_index: int
+    _outputs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def get_step_content(self, name: str) -> Any:
+        """The output of the earlier step ``name``; ``KeyError`` if no such step has run."""
+        try:
+            return self._outputs[name]
+        except KeyError:
+            ran = ", ".join(self._outputs) or "none"
+            raise KeyError(f"no step named {name!r} has completed in this run (completed: {ran})") from None
+
+    @property
+    def prompt(self) -> str:
+        """The text an agent answers: the previous step's output, else the workflow input."""
+        source = self.previous_step_content if self.previous_step_content is not None else self.input
+        return "" if source is None else str(source)
+
+
+Executor = Callable[[StepInput], Any]
+
+
+class Step:
+    """One named unit of a workflow: an executor or an agent, retried on failure if asked.
+
+    Raises ``ValueError`` unless exactly one of ``executor`` / ``agent`` is given.
+    """
+
+    __slots__ = ("agent", "description", "executor", "name", "retry")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        executor: Executor | None = None,
+        agent: Agent | None = None,
+        description: str | None = None,
+        max_retries: int = 0,
+        retry_delay: float = 0.0,
+        retry_wait: WaitBaseT | None = None,
+    ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a step needs a non-empty str name, not {name!r}")
+        if (executor is None) == (agent is None):
+            which = "both" if executor is not None else "neither"
+            raise ValueError(f"step {name!r}: give exactly one of executor= or agent= (got {which})")
+        if executor is not None and not callable(executor):
+            raise TypeError(f"step {name!r}: executor must be callable, not {type(executor).__name__}")
+        if agent is not None and not hasattr(agent, "stream_answer"):
+            raise TypeError(f"step {name!r}: agent must be a threadflow.Agent, not {type(agent).__name__}")
+        self.name = name
+        self.executor = executor
+        self.agent = agent
+        self.description = description
+        self.retry = RetryPolicy(max_retries=max_retries, retry_delay=retry_delay, wait=retry_wait)
+
+    @property
+    def agent_name(self) -> str | None:
+        return self.agent.name if self.agent is not None else None
+
+    @property
+    def retries(self) -> bool:
+        return self.retry.max_retries > 0
+
+    def start(self, step_input: StepInput) -> Any:
+        """Run the executor (or open the agent's stream); a generator means the step streams."""
+        if self.agent is not None:
+            return self.agent.stream_answer(step_input.prompt)
+        assert self.executor is not None
+        return self.executor(step_input)
+
+    def __repr__(self) -> str:
+        kind = f"agent={self.agent_name!r}" if self.agent is not None else "executor"
+        return f"Step({self.name!r}, {kind})"
+
+
+def as_step(item: object) -> Step:
+    """Accept a ``Step``, an ``Agent`` or a plain callable in ``Workflow(steps=[...])``."""
+    from .agents import Agent
+
+    if isinstance(item, Step):
+        return item
+    if isinstance(item, Agent):
+        return Step(item.name, agent=item, description=item.description)
+    if callable(item):
+        name = getattr(item, "__name__", None) or type(item).__name__
+        doc = inspect.getdoc(item)
+        return Step(name, executor=item, description=doc.splitlines()[0] if doc else None)
+    raise TypeError(f"a workflow step must be a Step, an Agent or a callable, not {type(item).__name__}")
+
+
+def as_steps(items: Sequence[object]) -> tuple[Step, ...]:
+    """Validate a workflow's steps: at least one, unique names."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        raise TypeError(f"steps must be a sequence of steps, not {type(items).__name__}")
+    steps = tuple(as_step(item) for item in items)
+    if not steps:
+        raise ValueError("a workflow needs at least one step")
+    seen: set[str] = set()
+    for step in steps:
+        if step.name in seen:
+            raise ValueError(f"two steps are named {step.name!r}; step names must be unique in a workflow")
+        seen.add(step.name)
+    return steps

@@ -1,0 +1,61 @@
+"""Which store a workflow uses by default, and finding a run's record in any of them."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Iterable
+
+from ..events import RunInfo
+from ..registry import REGISTRY
+from .base import RunStore
+from .memory import MemoryStore
+
+__all__ = ["DB_ENV", "default_store", "lookup_run", "track_store"]
+
+#: The environment variable naming the SQLite database a workflow uses by default.
+DB_ENV = "THREADFLOW_DB"
+
+_lock = threading.Lock()
+_memory = MemoryStore()
+_by_path: dict[str, RunStore] = {}
+_known: weakref.WeakSet[RunStore] = weakref.WeakSet()
+
+
+def default_store() -> RunStore:
+    """``SqliteStore($THREADFLOW_DB)`` when that is set (one per path), else the process's ``MemoryStore``."""
+    path = os.environ.get(DB_ENV)
+    if not path:
+        return _memory
+    with _lock:
+        store = _by_path.get(path)
+        if store is None:
+            from .sqlite import SqliteStore
+
+            store = _by_path[path] = SqliteStore(path)
+        return store
+
+
+def track_store(store: RunStore) -> None:
+    """Remember a store in use so that ``threadflow.get_run()`` can find finished runs in it."""
+    if store is not _memory:
+        with _lock:
+            _known.add(store)
+
+
+def lookup_run(run_id: str, stores: Iterable[RunStore] | None = None) -> RunInfo | None:
+    """The run's record: live from the registry while active, else from the stores."""
+    if not isinstance(run_id, str):
+        return None
+    state = REGISTRY.get(run_id)
+    if state is not None:
+        return state.info()
+    if stores is None:
+        with _lock:
+            stores = [_memory, *_known]
+    for store in stores:
+        info = store.get_run(run_id)
+        if info is not None:
+            return info
+    return None

@@ -1,0 +1,55 @@
+"""The ``RunStore`` protocol: where runs' records and event logs are kept.
+
+The runner talks to a store at three moments: ``run_created`` when a run is
+registered, ``append`` for every event (only when ``records_events`` is
+true), and ``run_ended`` with the final record — which must be durable when
+it returns, because ``run()`` returns and a stream ends right after it. The
+read side (``get_run``, ``list_runs``, ``events``) serves ``get_run()``, the
+CLI and HTTP. ``request_cancel`` lets another process ask for a cancel; a
+store that cannot reach other processes answers ``None``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from ..events import BaseEvent, Event, RunInfo, RunStatus
+
+__all__ = ["RunStore"]
+
+
+@runtime_checkable
+class RunStore(Protocol):
+    #: Whether ``append`` wants every event (a store that keeps only records says False).
+    records_events: bool
+
+    def run_created(self, info: RunInfo) -> None:
+        """A run was registered (status ``pending``)."""
+
+    def append(self, event: BaseEvent) -> None:
+        """One event of an active run, in ``seq`` order. Called on the hot path: buffer it."""
+
+    def run_ended(self, info: RunInfo) -> None:
+        """The run's final record; durable (with every event before it) on return."""
+
+    def get_run(self, run_id: str) -> RunInfo | None:
+        """The run's latest record, or None."""
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+    ) -> Sequence[RunInfo]:
+        """Records, newest first."""
+
+    def events(self, run_id: str, after_seq: int = 0) -> Sequence[Event]:
+        """The run's stored events with ``seq > after_seq``, in order."""
+
+    def request_cancel(self, run_id: str, reason: str | None = None) -> bool | None:
+        """Ask the owning process to cancel; None when this store cannot reach other processes."""
+
+    def close(self) -> None:
+        """Flush and release resources."""

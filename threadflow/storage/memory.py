@@ -1,0 +1,73 @@
+"""``MemoryStore``: the default store; nothing outlives the process.
+
+It keeps the ``RunInfo`` of the most recent ``max_runs`` finished runs (1,000
+by default) so that ``get_run()`` still answers after a run ends, and no
+events: memory stays flat however many runs finish.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from ..events import BaseEvent, Event, RunInfo, RunStatus
+
+__all__ = ["MemoryStore"]
+
+
+class MemoryStore:
+    """Keeps the records of recent finished runs in memory, and no events."""
+
+    records_events = False
+
+    def __init__(self, max_runs: int = 1000) -> None:
+        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 0:
+            raise ValueError(f"max_runs must be a non-negative int, not {max_runs!r}")
+        self.max_runs = max_runs
+        self._lock = threading.Lock()
+        self._finished: OrderedDict[str, RunInfo] = OrderedDict()
+
+    def run_created(self, info: RunInfo) -> None:
+        """Active runs are answered by the registry; nothing to keep yet."""
+
+    def append(self, event: BaseEvent) -> None:
+        """Events are not kept."""
+
+    def run_ended(self, info: RunInfo) -> None:
+        with self._lock:
+            self._finished[info.run_id] = info
+            self._finished.move_to_end(info.run_id)
+            while len(self._finished) > self.max_runs:
+                self._finished.popitem(last=False)
+
+    def get_run(self, run_id: str) -> RunInfo | None:
+        return self._finished.get(run_id)
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+    ) -> Sequence[RunInfo]:
+        with self._lock:
+            runs = list(reversed(self._finished.values()))
+        selected = [
+            info
+            for info in runs
+            if (status is None or info.status is status) and (workflow_id is None or info.workflow_id == workflow_id)
+        ]
+        return selected if limit is None else selected[:limit]
+
+    def events(self, run_id: str, after_seq: int = 0) -> Sequence[Event]:
+        return []
+
+    def request_cancel(self, run_id: str, reason: str | None = None) -> bool | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self._finished)
