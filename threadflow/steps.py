@@ -110,31 +110,51 @@ class Step:
         return f"Step({self.name!r}, {kind})"
 
 
-def as_step(item: object) -> Step:
+def as_step(item: object, name: str | None = None) -> Step:
     """Accept a ``Step``, an ``Agent`` or a plain callable in ``Workflow(steps=[...])``."""
     from .agents import Agent
 
     if isinstance(item, Step):
         return item
     if isinstance(item, Agent):
-        return Step(item.name, agent=item, description=item.description)
+        return Step(name or item.name, agent=item, description=item.description)
     if callable(item):
-        name = getattr(item, "__name__", None) or type(item).__name__
         doc = inspect.getdoc(item)
-        return Step(name, executor=item, description=doc.splitlines()[0] if doc else None)
+        return Step(name or _callable_name(item), executor=item, description=doc.splitlines()[0] if doc else None)
     raise TypeError(f"a workflow step must be a Step, an Agent or a callable, not {type(item).__name__}")
 
 
+def _callable_name(item: object) -> str:
+    return getattr(item, "__name__", None) or type(item).__name__
+
+
 def as_steps(items: Sequence[object]) -> tuple[Step, ...]:
-    """Validate a workflow's steps: at least one, unique names."""
+    """Validate a workflow's steps: at least one, unique names.
+
+    A name derived from a callable or an agent that is already taken gets a
+    suffix (``<lambda>_2``); two ``Step``s given the same name are an error.
+    """
+    from .agents import Agent
+
     if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
         raise TypeError(f"steps must be a sequence of steps, not {type(items).__name__}")
-    steps = tuple(as_step(item) for item in items)
-    if not steps:
+    if not items:
         raise ValueError("a workflow needs at least one step")
-    seen: set[str] = set()
-    for step in steps:
-        if step.name in seen:
-            raise ValueError(f"two steps are named {step.name!r}; step names must be unique in a workflow")
-        seen.add(step.name)
-    return steps
+    explicit = {item.name for item in items if isinstance(item, Step)}
+    steps: list[Step] = []
+    taken: set[str] = set()
+    for item in items:
+        if isinstance(item, Step):
+            if item.name in taken:
+                raise ValueError(f"two steps are named {item.name!r}; step names must be unique in a workflow")
+            step = item
+        else:
+            base = item.name if isinstance(item, Agent) else _callable_name(item)
+            name, n = base, 1
+            while name in taken or name in explicit:
+                n += 1
+                name = f"{base}_{n}"
+            step = as_step(item, name)
+        taken.add(step.name)
+        steps.append(step)
+    return tuple(steps)

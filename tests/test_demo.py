@@ -1,0 +1,45 @@
+"""The README's main job: `threadflow demo`, streamed and cancelled from another thread."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "threadflow", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_demo_is_cancelled_from_another_thread_and_summarises() -> None:
+    result = run_cli("demo", "--cancel-after", "1.0", "--tokens-per-second", "40")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "── researcher ──" in out
+    assert "status:  cancelled" in out
+    assert "cause:   requested" in out
+    assert "cancel landed in" in out
+    assert "step:    researcher" in out or "step:    writer" in out
+
+
+def test_demo_without_cancel_completes() -> None:
+    result = run_cli("demo", "--no-cancel", "--tokens-per-second", "2000")
+    assert result.returncode == 0, result.stderr
+    assert "── writer ──" in result.stdout
+    assert "status:  completed" in result.stdout
+    assert "cancel landed" not in result.stdout
+
+
+def test_demo_rejects_bad_options_with_usage_exit_code() -> None:
+    assert run_cli("demo", "--cancel-after", "-1").returncode == 2
+    assert run_cli("demo", "--tokens-per-second", "abc").returncode == 2
+    assert run_cli("no-such-command").returncode == 2
+
+
+def test_console_script_is_installed() -> None:
+    script = pathlib.Path(sys.executable).parent / "threadflow"  # installed beside this interpreter
+    assert script.exists(), "the threadflow console script is not installed"
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0 and "demo" in result.stdout
