@@ -266,7 +266,7 @@ def test_cancellation_error_is_not_an_exception() -> None:
     def step(si: StepInput) -> None:
         try:
             get_context().check_cancellation()
-        except Exception:  # noqa: BLE001 — the point: this must not catch it
+        except Exception:
             caught.append("swallowed by except Exception")
 
     wf = Workflow("w", steps=[step])
@@ -530,14 +530,19 @@ def test_cancel_racing_completion_true_means_cancelled() -> None:
     for _ in range(400):
         barrier = threading.Barrier(2)
 
-        def last(si: StepInput) -> str:
+        def last(si: StepInput, barrier: threading.Barrier = barrier) -> str:
             barrier.wait()
             return "done"
 
         wf = Workflow("race", steps=[last])
         stream = wf.run(stream=True)
         answer: list[bool] = []
-        thread = threading.Thread(target=lambda: (barrier.wait(), answer.append(wf.cancel_run(stream.run_id))))
+
+        def cancel(barrier: threading.Barrier = barrier, wf: Workflow = wf, answer: list[bool] = answer) -> None:
+            barrier.wait()
+            answer.append(wf.cancel_run(stream.run_id))
+
+        thread = threading.Thread(target=cancel)
         thread.start()
         events = check_run_events(stream)
         thread.join()

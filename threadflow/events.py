@@ -248,11 +248,11 @@ def is_terminal(event: BaseEvent) -> bool:
     return event.terminal
 
 
-_E = TypeVar("_E", bound=BaseEvent)
+_M = TypeVar("_M", bound=BaseModel)
 
 
-def make_event(cls: type[_E], fields: dict[str, Any]) -> _E:
-    """Build an event from trusted values without re-validating them.
+def make_event(cls: type[_M], fields: dict[str, Any]) -> _M:
+    """Build an event (or a ``RunInfo``) from trusted values without re-validating them.
 
     The runner builds every event from values it produced itself, so pydantic's
     validation would only cost time on the hot path (it is most of the price of
@@ -278,12 +278,13 @@ _set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
 _set_private = BaseModel.__dict__["__pydantic_private__"].__set__
 
 
-def _template(cls: type[BaseEvent]) -> dict[str, Any]:
+def _template(cls: type[BaseModel]) -> dict[str, Any]:
     fields = cls.model_fields.items()
     return {name: (None if info.is_required() else info.default) for name, info in fields}
 
 
-_ALL_EVENTS: tuple[type[BaseEvent], ...] = (
+_FAST_MODELS: tuple[type[BaseModel], ...] = (
+    RunInfo,
     WorkflowStartedEvent,
     StepStartedEvent,
     StepRetryingEvent,
@@ -297,5 +298,5 @@ _ALL_EVENTS: tuple[type[BaseEvent], ...] = (
     RunCancelledEvent,
     RunErrorEvent,
 )
-_TEMPLATES: dict[type[BaseEvent], dict[str, Any]] = {c: _template(c) for c in _ALL_EVENTS}
-_FIELDS_SET: dict[type[BaseEvent], set[str]] = {c: set(c.model_fields) for c in _ALL_EVENTS}
+_TEMPLATES: dict[type[BaseModel], dict[str, Any]] = {c: _template(c) for c in _FAST_MODELS}
+_FIELDS_SET: dict[type[BaseModel], set[str]] = {c: set(c.model_fields) for c in _FAST_MODELS}

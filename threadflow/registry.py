@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from .events import CancelCause, RunInfo, RunStatus
+from .events import CancelCause, RunInfo, RunStatus, make_event
 from .exceptions import DuplicateRunError
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class RunState:
         "background",
         "budget_left",
         "callbacks",
-        "cancel_event",
+        "_cancel_event",
         "cancel_requested",
         "cause",
         "created_at",
@@ -89,7 +89,7 @@ class RunState:
         self.started_at: float | None = None
         self.ended_at: float | None = None
         self.cancel_requested = False
-        self.cancel_event = threading.Event()
+        self._cancel_event: threading.Event | None = None  # made on first use: most runs never wait
         self.shield_depth = 0
         self.callbacks: list[Callable[[], object]] | None = []
         self.background = background
@@ -100,24 +100,40 @@ class RunState:
         self.timer_generation = 0
 
     @property
+    def cancel_event(self) -> threading.Event:
+        """Set when the cancel is accepted, never cleared."""
+        event = self._cancel_event
+        if event is None:
+            with REGISTRY.lock:
+                event = self._cancel_event
+                if event is None:
+                    event = self._cancel_event = threading.Event()
+                    if self.cancel_requested:
+                        event.set()
+        return event
+
+    @property
     def delivers_cancel(self) -> bool:
         """True when a checkpoint here must raise: cancel requested and not shielded."""
         return self.cancel_requested and not self.shield_depth
 
     def info(self) -> RunInfo:
-        return RunInfo.model_construct(
-            run_id=self.run_id,
-            workflow_id=self.workflow_id,
-            workflow_name=self.workflow_name,
-            status=self.status,
-            cause=self.cause,
-            reason=self.reason,
-            step_name=self.step_name,
-            error=self.error,
-            error_type=self.error_type,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            ended_at=self.ended_at,
+        return make_event(
+            RunInfo,
+            {
+                "run_id": self.run_id,
+                "workflow_id": self.workflow_id,
+                "workflow_name": self.workflow_name,
+                "status": self.status,
+                "cause": self.cause,
+                "reason": self.reason,
+                "step_name": self.step_name,
+                "error": self.error,
+                "error_type": self.error_type,
+                "created_at": self.created_at,
+                "started_at": self.started_at,
+                "ended_at": self.ended_at,
+            },
         )
 
     def __repr__(self) -> str:
@@ -201,7 +217,8 @@ class Registry:
             state.reason = reason
             state.status = RunStatus.cancelling
             callbacks, state.callbacks = state.callbacks, None
-            state.cancel_event.set()
+            if state._cancel_event is not None:
+                state._cancel_event.set()
         _call_all(callbacks or ())
         return True
 

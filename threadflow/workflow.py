@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from typing import Any, Literal, overload
 
 from ._background import WorkerPool
@@ -25,6 +26,15 @@ __all__ = ["AsyncRun", "Workflow"]
 def _slug(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
     return slug or uuid.uuid4().hex
+
+
+def new_run_id() -> str:
+    """A random (version 4) UUID string, made without the uuid module's object overhead."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _check_timeout(run_timeout: object) -> float | None:
@@ -145,7 +155,7 @@ class Workflow:
         sink: Any = None,
     ) -> Runner:
         if run_id is None:
-            run_id = str(uuid.uuid4())
+            run_id = new_run_id()
         elif not isinstance(run_id, str) or not run_id:
             raise ValueError(f"run_id must be a non-empty str, not {run_id!r}")
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
@@ -173,14 +183,22 @@ class Workflow:
         background: bool = False,
         run_id: str | None = None,
         run_timeout: float | None = None,
-    ) -> AsyncRun:
+    ) -> AsyncRun | Coroutine[Any, Any, Any]:
         """The asyncio entry point; the run executes on a worker thread.
 
         ``await wf.arun(x)`` gives the output, ``await wf.arun(x, background=True)``
         a ``RunHandle``, and ``async for ev in wf.arun(x, stream=True)`` the events.
         Cancelling the awaiting task cancels the run (cause ``requested``).
         """
-        return AsyncRun(self, input, stream=stream, background=background, run_id=run_id, run_timeout=run_timeout)
+        if stream and not background:
+            return AsyncRun(self, input, stream=True, background=False, run_id=run_id, run_timeout=run_timeout)
+        # A real coroutine, as ``async def`` promises: asyncio.run() and create_task() accept only those.
+        return self._arun(input, background=background, run_id=run_id, run_timeout=run_timeout)
+
+    async def _arun(self, run_input: Any, *, background: bool, run_id: str | None, run_timeout: float | None) -> Any:
+        return await AsyncRun(
+            self, run_input, stream=False, background=background, run_id=run_id, run_timeout=run_timeout
+        )
 
     # -- control ------------------------------------------------------------
 
