@@ -289,3 +289,22 @@ def test_step_input_reports_unknown_steps_clearly() -> None:
     with pytest.raises(WorkflowError) as info:
         Workflow("w", steps=[step]).run()
     assert "nope" in str(info.value.__cause__)
+
+
+def test_debug_mode_logs_every_event_as_json(caplog: pytest.LogCaptureFixture) -> None:
+    wf = Workflow("w", steps=[lambda si: "x"], debug_mode=True)
+    with caplog.at_level("DEBUG", logger="threadflow.events"):
+        out = wf.run()
+    logged = [r.getMessage() for r in caplog.records if r.name == "threadflow.events"]
+    assert len(logged) == 4 and all(out.run_id in line for line in logged)
+    assert '"event":"workflow_completed"' in logged[-1]
+
+
+def test_ctx_wait_rejects_what_is_not_a_threading_event() -> None:
+    def step(si: StepInput) -> None:
+        threadflow.get_context().wait(object(), timeout=1)  # type: ignore[arg-type]
+
+    with pytest.raises(WorkflowError) as info:
+        Workflow("w", steps=[step]).run()
+    assert isinstance(info.value.__cause__, TypeError)
+    assert "threading.Event" in str(info.value.__cause__)

@@ -148,7 +148,9 @@ def _wait_for(state: RunState, event: threading.Event | None, deadline: float | 
 def _wait_for_event(state: RunState, event: threading.Event, deadline: float | None) -> bool:
     # threading.Event cannot be waited on together with another Event, so we
     # wait on its own Condition and have the cancel notify that Condition.
-    cond: threading.Condition = event._cond
+    cond = getattr(event, "_cond", None)  # private, and absent from typeshed
+    if not isinstance(event, threading.Event) or not isinstance(cond, threading.Condition):
+        raise TypeError(f"ctx.wait() takes a threading.Event, not {type(event).__name__}")
 
     def wake() -> None:
         with cond:

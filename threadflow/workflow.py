@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import uuid
@@ -22,6 +23,8 @@ from .storage._defaults import default_store, lookup_run, track_store
 
 __all__ = ["AsyncRun", "Workflow"]
 
+_event_logger = logging.getLogger("threadflow.events")
+
 
 def _slug(name: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
@@ -35,6 +38,17 @@ def new_run_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEvent], None]:
+    """debug_mode: log every event (as its JSON) at DEBUG on the ``threadflow.events`` logger."""
+
+    def log_event(event: BaseEvent) -> None:
+        _event_logger.debug("%s", event.model_dump_json())
+        if inner is not None:
+            inner(event)
+
+    return log_event
 
 
 def _check_timeout(run_timeout: object) -> float | None:
@@ -166,6 +180,8 @@ class Workflow:
         except BaseException:
             REGISTRY.remove(state)
             raise
+        if self.debug_mode:
+            sink = _debug_sink(sink)
         return Runner(self.steps, state, run_input, store=self.store, sink=sink)
 
     def _start_background(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
