@@ -308,3 +308,15 @@ def test_ctx_wait_rejects_what_is_not_a_threading_event() -> None:
         Workflow("w", steps=[step]).run()
     assert isinstance(info.value.__cause__, TypeError)
     assert "threading.Event" in str(info.value.__cause__)
+
+
+def test_keyboard_interrupt_in_a_step_propagates_and_the_run_is_recorded() -> None:
+    def interrupted(si: StepInput) -> None:
+        raise KeyboardInterrupt
+
+    wf = Workflow("w", steps=[interrupted])
+    stream = wf.run(stream=True)
+    with pytest.raises(KeyboardInterrupt):
+        list(stream)
+    info = threadflow.get_run(stream.run_id)
+    assert info is not None and info.status is RunStatus.error and info.error_type == "KeyboardInterrupt"

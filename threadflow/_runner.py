@@ -144,6 +144,9 @@ class Runner:
         except GeneratorExit:
             self.abandon()
             raise
+        except BaseException as error:  # KeyboardInterrupt, SystemExit, a failing store
+            self._crash(error)
+            raise
         yield terminal
 
     def _begin(self) -> None:
@@ -318,6 +321,16 @@ class Runner:
             started_at=state.started_at,
             ended_at=state.ended_at,
         )
+
+    def _crash(self, error: BaseException) -> None:
+        """Something no step handles escaped: record the run as ended, then let it propagate."""
+        gen, self._step_gen = self._step_gen, None
+        if gen is not None:
+            self._close_quietly(gen)
+        if not self.state.status.is_terminal:
+            step = self.steps[max(self._step_index, 0)]
+            self.failure = StepFailed(step, error)
+            self._finish(RunStatus.error)
 
     def abandon(self) -> None:
         """The consumer left: cancel (``stream_closed``), let the step clean up, record the end.
