@@ -55,12 +55,9 @@ def start_latency(trials: int) -> None:
         floor.append(time.perf_counter() - started)
         thread.join()
     print(f"\n## background start -> first event ({trials} trials)")
-    print(
-        f"  bare Thread start + Event: p50 {percentile(floor, 50) * 1e6:7.1f} µs  p99 {percentile(floor, 99) * 1e6:7.1f} µs"
-    )
-    print(
-        f"  threadflow                : p50 {percentile(ours, 50) * 1e6:7.1f} µs  p99 {percentile(ours, 99) * 1e6:7.1f} µs"
-    )
+    for label, values in (("bare Thread start + Event", floor), ("threadflow", ours)):
+        p50, p99 = percentile(values, 50) * 1e6, percentile(values, 99) * 1e6
+        print(f"  {label:26s}: p50 {p50:7.1f} µs  p99 {p99:7.1f} µs")
 
 
 def concurrent(total: int) -> None:
@@ -111,7 +108,8 @@ def concurrent(total: int) -> None:
     if latencies:
         print(
             f"  cancel() -> run ended: p50 {percentile(latencies, 50) * 1e3:6.2f} ms, "
-            f"p99 {percentile(latencies, 99) * 1e3:6.2f} ms (queued runs end at once; running ones at the next checkpoint)"
+            f"p99 {percentile(latencies, 99) * 1e3:6.2f} ms "
+            "(queued runs end at once; running ones at the next checkpoint)"
         )
     print(f"  RSS {rss_mib():6.1f} MiB, registry after: {len(REGISTRY)}")
 
@@ -143,7 +141,8 @@ def timeout_accuracy(trials: int) -> None:
             late.append(time.perf_counter() - started - budget)
             assert out.status is RunStatus.cancelled and out.cause == "timeout"
         print(
-            f"  {label:36s} p50 {percentile(late, 50) * 1e3:6.2f} ms late, p99 {percentile(late, 99) * 1e3:6.2f} ms late"
+            f"  {label:36s} p50 {percentile(late, 50) * 1e3:6.2f} ms late, "
+            f"p99 {percentile(late, 99) * 1e3:6.2f} ms late"
         )
 
 
