@@ -473,6 +473,26 @@ def test_break_cancels_with_stream_closed_and_runs_cleanup() -> None:
     assert (info.status, info.cause) == (RunStatus.cancelled, CancelCause.stream_closed)
 
 
+def test_break_while_still_holding_the_stream_cancels_it() -> None:
+    cleanup = threading.Event()
+
+    def step(si: StepInput) -> Iterator[str]:
+        try:
+            while True:
+                yield "x"
+        finally:
+            cleanup.set()
+
+    wf = Workflow("w", steps=[step])
+    stream = wf.run(stream=True)
+    for event in stream:
+        if isinstance(event, RunContentEvent):
+            break
+    assert cleanup.is_set()  # the stream is still referenced here, and yet the run has ended
+    assert stream.output is not None
+    assert (stream.output.status, stream.output.cause) == (RunStatus.cancelled, CancelCause.stream_closed)
+
+
 def test_close_and_with_block_cancel_with_stream_closed() -> None:
     wf = Workflow("w", steps=[lambda si: iter(["a", "b"]) and (yield "a")])  # a generator step
     stream = wf.run(stream=True)
@@ -538,9 +558,14 @@ def test_cancel_racing_completion_true_means_cancelled() -> None:
         stream = wf.run(stream=True)
         answer: list[bool] = []
 
-        def cancel(barrier: threading.Barrier = barrier, wf: Workflow = wf, answer: list[bool] = answer) -> None:
+        def cancel(
+            barrier: threading.Barrier = barrier,
+            wf: Workflow = wf,
+            answer: list[bool] = answer,
+            run_id: str = stream.run_id,
+        ) -> None:
             barrier.wait()
-            answer.append(wf.cancel_run(stream.run_id))
+            answer.append(wf.cancel_run(run_id))
 
         thread = threading.Thread(target=cancel)
         thread.start()

@@ -52,7 +52,13 @@ class RunStream:
         return self._runner.state.status
 
     def __iter__(self) -> Iterator[Event]:
-        return self._gen  # type: ignore[return-value]  # the runner yields only Event members
+        return self._loop()
+
+    def _loop(self) -> Generator[Event, None, None]:
+        # One generator per loop: when a ``for`` loop is left by ``break`` it
+        # drops this iterator, whose close() closes the run (SPEC §3 rule 8)
+        # even while the caller still holds the stream.
+        yield from self._gen  # type: ignore[misc]  # the runner yields only Event members
 
     def __next__(self) -> Event:
         return next(self._gen)  # type: ignore[return-value]

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import uuid
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
 from typing import Any, Literal, overload
 
@@ -21,7 +22,7 @@ from .steps import Step, as_steps
 from .storage import RunStore
 from .storage._defaults import default_store, lookup_run, track_store
 
-__all__ = ["AsyncRun", "Workflow"]
+__all__ = ["AsyncRunStream", "Workflow"]
 
 _event_logger = logging.getLogger("threadflow.events")
 
@@ -184,12 +185,49 @@ class Workflow:
             sink = _debug_sink(sink)
         return Runner(self.steps, state, run_input, store=self.store, sink=sink)
 
-    def _start_background(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
+    def _background_handle(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
+        """A registered (pending) background run, not yet handed to a worker."""
         log = EventLog()
         runner = self._new_runner(run_input, run_id, run_timeout, background=True, sink=log.append)
-        handle = RunHandle(runner, log)
+        return RunHandle(runner, log)
+
+    def _start_background(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
+        handle = self._background_handle(run_input, run_id, run_timeout)
         self._pool.submit(handle)
         return handle
+
+    @overload
+    def arun(
+        self,
+        input: Any = None,
+        *,
+        stream: Literal[True],
+        background: Literal[False] = False,
+        run_id: str | None = None,
+        run_timeout: float | None = None,
+    ) -> AsyncRunStream: ...
+
+    @overload
+    def arun(
+        self,
+        input: Any = None,
+        *,
+        stream: bool = False,
+        background: Literal[True],
+        run_id: str | None = None,
+        run_timeout: float | None = None,
+    ) -> Coroutine[Any, Any, RunHandle]: ...
+
+    @overload
+    def arun(
+        self,
+        input: Any = None,
+        *,
+        stream: Literal[False] = False,
+        background: Literal[False] = False,
+        run_id: str | None = None,
+        run_timeout: float | None = None,
+    ) -> Coroutine[Any, Any, WorkflowRunOutput]: ...
 
     def arun(
         self,
@@ -199,22 +237,32 @@ class Workflow:
         background: bool = False,
         run_id: str | None = None,
         run_timeout: float | None = None,
-    ) -> AsyncRun | Coroutine[Any, Any, Any]:
-        """The asyncio entry point; the run executes on a worker thread.
+    ) -> AsyncRunStream | Coroutine[Any, Any, Any]:
+        """The asyncio entry point; the run executes on a worker thread, never blocking the loop.
 
-        ``await wf.arun(x)`` gives the output, ``await wf.arun(x, background=True)``
-        a ``RunHandle``, and ``async for ev in wf.arun(x, stream=True)`` the events.
-        Cancelling the awaiting task cancels the run (cause ``requested``).
+        - ``await wf.arun(x)``: the output (``WorkflowError`` if a step failed);
+        - ``await wf.arun(x, background=True)``: a ``RunHandle``, at once;
+        - ``async for ev in wf.arun(x, stream=True)``: the events; the run starts
+          on the first iteration, and leaving the loop early cancels it
+          (``stream_closed``).
+
+        Cancelling the awaiting task cancels the run (cause ``requested``). As
+        with any coroutine, nothing starts until it is awaited.
         """
         if stream and not background:
-            return AsyncRun(self, input, stream=True, background=False, run_id=run_id, run_timeout=run_timeout)
-        # A real coroutine, as ``async def`` promises: asyncio.run() and create_task() accept only those.
+            return AsyncRunStream(self, self._background_handle(input, run_id, run_timeout))
         return self._arun(input, background=background, run_id=run_id, run_timeout=run_timeout)
 
     async def _arun(self, run_input: Any, *, background: bool, run_id: str | None, run_timeout: float | None) -> Any:
-        return await AsyncRun(
-            self, run_input, stream=False, background=background, run_id=run_id, run_timeout=run_timeout
-        )
+        handle = self._start_background(run_input, run_id, run_timeout)
+        if background:
+            return handle
+        try:
+            await _until_done(handle)
+        except asyncio.CancelledError:
+            handle.cancel("the awaiting asyncio task was cancelled")
+            raise
+        return handle.result(0)
 
     # -- control ------------------------------------------------------------
 
@@ -239,43 +287,40 @@ class Workflow:
         return f"Workflow({self.name!r}, id={self.id!r}, steps={[s.name for s in self.steps]})"
 
 
-class AsyncRun:
-    """What ``arun()`` returns: awaitable (output or handle) and, with ``stream=True``, async-iterable."""
+class AsyncRunStream:
+    """What ``arun(stream=True)`` returns: an async iterator over the run's events.
 
-    def __init__(
-        self,
-        workflow: Workflow,
-        run_input: Any,
-        *,
-        stream: bool,
-        background: bool,
-        run_id: str | None,
-        run_timeout: float | None,
-    ) -> None:
-        self._stream = stream
-        self._background = background
-        self._handle = workflow._start_background(run_input, run_id, run_timeout)
+    The run is registered at once (``run_id`` is known, a duplicate id raises)
+    and starts on the first iteration; one that is never iterated and is
+    dropped is recorded ``cancelled`` (``stream_closed``), like a ``RunStream``.
+    """
+
+    def __init__(self, workflow: Workflow, handle: RunHandle) -> None:
+        self._workflow = workflow
+        self._handle = handle
+        self._started = False
+        self._unstarted = weakref.finalize(self, _abandon_unstarted, handle)
 
     @property
     def run_id(self) -> str:
         return self._handle.run_id
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        return self._result().__await__()
+    @property
+    def output(self) -> WorkflowRunOutput | None:
+        return self._handle.output
 
-    async def _result(self) -> Any:
-        if self._background:
-            return self._handle
-        if self._stream:
-            return self.__aiter__()
-        try:
-            await _until_done(self._handle)
-        except asyncio.CancelledError:
-            self._handle.cancel("the awaiting asyncio task was cancelled")
-            raise
-        return self._handle.result(0)
+    def __await__(self) -> Generator[Any, None, AsyncRunStream]:
+        # ``async for ev in await wf.arun(x, stream=True)`` works too.
+        return self._itself().__await__()
+
+    async def _itself(self) -> AsyncRunStream:
+        return self
 
     def __aiter__(self) -> AsyncIterator[Event]:
+        if not self._started:
+            self._started = True
+            self._unstarted.detach()
+            self._workflow._pool.submit(self._handle)
         return self._events()
 
     async def _events(self) -> AsyncIterator[Event]:
@@ -294,6 +339,13 @@ class AsyncRun:
         finally:
             # an early exit (break, aclose) is the consumer leaving; no-op once ended
             REGISTRY.cancel(handle.state, None, CancelCause.stream_closed)
+
+
+def _abandon_unstarted(handle: RunHandle) -> None:
+    try:
+        handle._runner.abandon()
+    finally:
+        handle._set_done()
 
 
 def _threadsafe_setter(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> Callable[[], None]:
