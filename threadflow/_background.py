@@ -99,7 +99,9 @@ def _record_unstarted(handle: RunHandle) -> None:
 
 def _done(handle: RunHandle) -> None:
     with _handles_lock:
-        _active.pop(handle.run_id, None)
+        # The id left the registry a moment ago and may already belong to a new run.
+        if _active.get(handle.run_id) is handle:
+            del _active[handle.run_id]
     handle._set_done()
 
 
@@ -108,21 +110,23 @@ def active_handles() -> list[RunHandle]:
         return list(_active.values())
 
 
-def shutdown(timeout: float = 10.0) -> bool:
+def shutdown(timeout: float | None = 10.0) -> bool:
     """Cancel every active background run (cause ``shutdown``) and wait up to ``timeout`` seconds.
 
-    Returns True if they all ended in time. Streams being iterated by other
+    ``timeout=None`` waits for as long as the runs take. Returns True if
+    they all ended in time. Streams being iterated by other
     threads are not touched: their consumers own them.
     """
-    if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be non-negative, not {timeout!r}")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        raise ValueError(f"timeout must be a non-negative number of seconds or None, not {timeout!r}")
     handles = active_handles()
     for handle in handles:
         REGISTRY.cancel(handle.state, "threadflow is shutting down", CancelCause.shutdown)
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     ended = True
     for handle in handles:
-        ended = handle.wait(max(0.0, deadline - time.monotonic())) and ended
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ended = handle.wait(left) and ended
     return ended
 
 

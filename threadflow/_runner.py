@@ -279,29 +279,35 @@ class Runner:
     # -- the end ------------------------------------------------------------
 
     def _finish(self, wanted: RunStatus) -> BaseEvent:
-        """Decide the final status (cancel wins), record it, leave the registry; the terminal event."""
+        """Decide the final status (cancel wins), record it, leave the registry; the terminal event.
+
+        However the recording fails (a store that raises), the run still
+        leaves the registry and its output is set; the failure then propagates.
+        """
         state = self.state
         final = REGISTRY.finish(state, wanted)
         TIMER.stop(state)
-        if final is RunStatus.completed:
-            terminal = self.emit(WorkflowCompletedEvent, content=self.content)
-        elif final is RunStatus.cancelled:
-            terminal = self.emit(
-                WorkflowCancelledEvent, reason=state.reason, cause=_cause(state), step_name=state.step_name
-            )
-        else:
+        if final is RunStatus.error:
             error = self.failure.error if self.failure is not None else RuntimeError("run failed")
             state.error, state.error_type = str(error), type(error).__name__
-            terminal = self.emit(
-                WorkflowErrorEvent, error=state.error, error_type=state.error_type, step_name=state.step_name
-            )
         self.output = self._output(final)
         try:
+            terminal = self._emit_terminal(final)
             if self.store is not None:
                 self.store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
         return terminal
+
+    def _emit_terminal(self, final: RunStatus) -> BaseEvent:
+        state = self.state
+        if final is RunStatus.completed:
+            return self.emit(WorkflowCompletedEvent, content=self.content)
+        if final is RunStatus.cancelled:
+            return self.emit(
+                WorkflowCancelledEvent, reason=state.reason, cause=_cause(state), step_name=state.step_name
+            )
+        return self.emit(WorkflowErrorEvent, error=state.error, error_type=state.error_type, step_name=state.step_name)
 
     def _output(self, final: RunStatus) -> WorkflowRunOutput:
         state = self.state
@@ -382,7 +388,15 @@ def _fan_out(sinks: list[EventSink]) -> EventSink | None:
         return sinks[0]
 
     def fan_out(event: BaseEvent) -> None:
+        # Every sink gets the event even if an earlier one raises (a failing
+        # store must not starve a handle's followers of the terminal event).
+        failure: BaseException | None = None
         for sink in sinks:
-            sink(event)
+            try:
+                sink(event)
+            except BaseException as error:  # noqa: BLE001 — re-raised below
+                failure = failure or error
+        if failure is not None:
+            raise failure
 
     return fan_out

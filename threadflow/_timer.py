@@ -54,6 +54,11 @@ class _Timer:
         with self._cond:
             state.budget_left -= max(0.0, time.monotonic() - state.active_since)
             self._disarm(state)
+            spent = state.budget_left <= 0
+        if spent:
+            # The deadline passed while this thread held the GIL, so the timer thread had no
+            # chance to fire; disarmed now, it never would. Expire the run here instead.
+            _expire(state)
 
     def stop(self, state: RunState) -> None:
         if state.budget_left is None:
@@ -75,8 +80,7 @@ class _Timer:
             if expired is None:
                 return
             for state in expired:
-                limit = state.timeout
-                REGISTRY.cancel(state, f"run_timeout of {limit:g}s exceeded", CancelCause.timeout)
+                _expire(state)
 
     def _next_expired(self) -> list[RunState] | None:
         """Block until a deadline passes; None when idle long enough to exit."""
@@ -99,6 +103,10 @@ class _Timer:
                         return None
                     continue
                 self._cond.wait(self._heap[0][0] - now)
+
+
+def _expire(state: RunState) -> None:
+    REGISTRY.cancel(state, f"run_timeout of {state.timeout:g}s exceeded", CancelCause.timeout)
 
 
 TIMER = _Timer()
