@@ -16,7 +16,7 @@ from typing import TextIO
 from . import Agent, Workflow
 from .events import RunContentEvent, StepStartedEvent, WorkflowCancelledEvent
 from .models import DemoModel
-from .storage import RunStore
+from .storage import RunStore, StoreError
 
 __all__ = ["build_parser", "demo_workflow", "main"]
 
@@ -74,7 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    code: int = args.handler(args)
+    try:
+        code: int = args.handler(args)
+    except StoreError as error:  # a bad --db / $THREADFLOW_DB: one line, not a traceback
+        print(f"threadflow: {error}", file=sys.stderr)
+        return EXIT_NOT_FOUND
     return code
 
 
@@ -130,7 +134,7 @@ def _print_summary(output: object, asked_at: list[float], landed_at: float | Non
 def _store_from_args(args: argparse.Namespace) -> RunStore | None:
     if not args.db:
         return None
-    from .storage import SqliteStore  # type: ignore[attr-defined]
+    from .storage import SqliteStore
 
     store: RunStore = SqliteStore(args.db)
     return store

@@ -1,0 +1,202 @@
+"""Run-history benchmarks (issue 4): streaming with ``SqliteStore``, and cross-process cancel latency.
+
+Every figure is printed beside a baseline measured in the same run:
+
+1. streaming throughput: the same token-streaming workflow with the default
+   ``MemoryStore`` and with a ``SqliteStore`` (every event written, the
+   terminal one durable before the stream ends), interleaved, best of N each.
+   Goal: the store keeps at least 50% of the in-memory throughput;
+2. cross-process cancel latency: a worker process streams a stored run; this
+   process calls ``store.request_cancel`` (what ``threadflow runs cancel``
+   does once Python has started) and the worker stamps the moment it holds
+   ``workflow_cancelled``. Reported p50/p99 for a worker that waits between
+   tokens (an LLM stream) and one that streams flat out (GIL contention);
+   the baseline is an in-process ``cancel_run`` on the same kind of run.
+   Goal: p99 ≤ 20 ms. For reference it also times the whole
+   ``threadflow runs cancel`` command, Python start-up included.
+
+Run: ``python benchmarks/bench_store.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from threadflow import Step, StepInput, Workflow
+from threadflow.events import RunContentEvent, WorkflowCancelledEvent
+from threadflow.storage import MemoryStore, RunStore, SqliteStore
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+# -- 1. streaming throughput ------------------------------------------------------
+
+
+def throughput(directory: Path, tokens: int, repeats: int) -> None:
+    def stream(step_input: StepInput) -> Iterator[str]:
+        for _ in range(tokens):
+            yield "tok "
+
+    stores: dict[str, RunStore] = {"MemoryStore": MemoryStore(), "SqliteStore": SqliteStore(directory / "bench.db")}
+    best = dict.fromkeys(stores, 0.0)
+    for _ in range(repeats):
+        for name, store in stores.items():
+            workflow = Workflow("bench", steps=[Step("stream", executor=stream)], store=store)
+            started = time.perf_counter()
+            count = sum(1 for _ in workflow.run(stream=True))
+            best[name] = max(best[name], count / (time.perf_counter() - started))
+    for store in stores.values():
+        store.close()
+    ratio = best["SqliteStore"] / best["MemoryStore"]
+    print(f"streaming {tokens:,} tokens per run, best of {repeats}:")
+    print(f"  MemoryStore (baseline)  {best['MemoryStore']:>12,.0f} events/s")
+    print(f"  SqliteStore             {best['SqliteStore']:>12,.0f} events/s   {ratio:6.1%} of baseline (goal ≥ 50%)")
+
+
+# -- 2. cross-process cancel latency -------------------------------------------------
+
+_WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from threadflow import Step, Workflow, get_context
+    from threadflow.storage import SqliteStore
+
+    pace = float(sys.argv[2])
+
+    def stream(step_input):
+        ctx = get_context()
+        while True:
+            yield "tok "
+            if pace:
+                ctx.sleep(pace)
+
+    workflow = Workflow("cancel-me", steps=[Step("stream", executor=stream)], store=SqliteStore(sys.argv[1]))
+    for line in sys.stdin:  # one run per line read
+        stream = workflow.run(stream=True)
+        for event in stream:
+            if event.seq == 10:
+                print("ready", stream.run_id, flush=True)
+            if event.terminal:
+                print("ended", repr(time.time()), flush=True)
+    """
+)
+
+
+def cross_process(directory: Path, rounds: int, pace: float) -> list[float]:
+    """Seconds from ``request_cancel`` to the worker holding ``workflow_cancelled``, per round."""
+    path = directory / f"cancel-{pace}.db"
+    store = SqliteStore(path)
+    command = [sys.executable, "-c", _WORKER, str(path), str(pace)]
+    latencies = []
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as worker:
+        assert worker.stdin is not None and worker.stdout is not None
+        for _ in range(rounds):
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+            run_id = worker.stdout.readline().split()[1]
+            time.sleep(0.005)  # let it stream for a moment
+            asked = time.time()
+            assert store.request_cancel(run_id, "benchmark") is True
+            ended = float(worker.stdout.readline().split()[1])
+            latencies.append(ended - asked)
+        worker.stdin.close()
+        worker.wait(30)
+    store.close()
+    return latencies
+
+
+def in_process(rounds: int, pace: float) -> list[float]:
+    """The baseline: ``cancel_run`` from another thread of the run's own process."""
+
+    def stream(step_input: StepInput) -> Iterator[str]:
+        while True:
+            yield "tok "
+            if pace:
+                time.sleep(pace)
+
+    workflow = Workflow("cancel-me", steps=[Step("stream", executor=stream)])
+    return [in_process_once(workflow) for _ in range(rounds)]
+
+
+def in_process_once(workflow: Workflow) -> float:
+    ready, asked = threading.Event(), [0.0]
+    stream = workflow.run(stream=True)
+
+    def cancel() -> None:
+        ready.wait()
+        time.sleep(0.005)  # let it stream for a moment
+        asked[0] = time.time()
+        workflow.cancel_run(stream.run_id, "benchmark")
+
+    canceller = threading.Thread(target=cancel)
+    canceller.start()
+    landed = 0.0
+    for event in stream:
+        if isinstance(event, RunContentEvent) and event.seq == 10:
+            ready.set()
+        if isinstance(event, WorkflowCancelledEvent):
+            landed = time.time()
+    canceller.join()
+    return landed - asked[0]
+
+
+def cli_round_trip(directory: Path, rounds: int) -> list[float]:
+    """Seconds for the whole ``threadflow runs cancel`` command, Python start-up included."""
+    path = directory / "cli.db"
+    SqliteStore(path).close()
+    command = [sys.executable, "-c", _WORKER, str(path), "0.001"]
+    took = []
+    with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as worker:
+        assert worker.stdin is not None and worker.stdout is not None
+        for _ in range(rounds):
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+            run_id = worker.stdout.readline().split()[1]
+            started = time.perf_counter()
+            cancel = [sys.executable, "-m", "threadflow", "--db", str(path), "runs", "cancel", run_id]
+            subprocess.run(cancel, check=True, capture_output=True)
+            took.append(time.perf_counter() - started)
+            worker.stdout.readline()
+        worker.stdin.close()
+        worker.wait(30)
+    return took
+
+
+def report(label: str, latencies: list[float]) -> None:
+    ms = [latency * 1000 for latency in latencies]
+    p50, p99, worst = percentile(ms, 50), percentile(ms, 99), max(ms)
+    print(f"  {label:<44} p50 {p50:7.2f} ms   p99 {p99:7.2f} ms   max {worst:7.2f} ms   (n={len(ms)})")
+
+
+def latency(directory: Path, rounds: int) -> None:
+    print(f"\ncancel latency, request → the run's workflow_cancelled ({rounds} runs each):")
+    for pace, kind in ((0.001, "a stream that waits 1 ms between tokens"), (0.0, "a stream running flat out")):
+        report(f"in-process cancel_run, {kind} (baseline)", in_process(rounds, pace))
+        report(f"other process, request_cancel, {kind}", cross_process(directory, rounds, pace))
+    report("`threadflow runs cancel`, whole command", cli_round_trip(directory, max(3, rounds // 20)))
+    print("  goal: p99 ≤ 20 ms from the request (the command adds Python's start-up)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as scratch:
+        directory = Path(scratch)
+        throughput(directory, tokens=20_000 if args.quick else 200_000, repeats=2 if args.quick else 5)
+        latency(directory, rounds=10 if args.quick else 200)
+
+
+if __name__ == "__main__":
+    main()

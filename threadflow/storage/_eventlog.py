@@ -1,0 +1,183 @@
+"""How ``SqliteStore`` buffers a run's events and lays them out in the ``events`` table.
+
+A row of ``events`` holds a stretch of one run's events, ``first_seq`` to
+``last_seq`` without gaps, in one of two forms:
+
+- ``header IS NULL``: ``data`` is the events' ``model_dump_json()``, one per
+  line (JSON never contains a raw newline);
+- otherwise the stretch is ``run_content`` events of one step — nearly all of
+  a stream — stored by column: ``header`` is the JSON of the fields they share,
+  ``times`` their ``created_at`` as little-endian float64s, and ``data`` a
+  JSON array of their ``content`` strings.
+
+The column form exists for speed. Formatting a float as JSON costs Python
+about as much as the runner spends producing an event, so a token is kept as
+it came (a float appended to an ``array``, a str appended to a list) and the
+writer thread encodes a whole stretch with one ``json.dumps`` and one
+``tobytes()``. Both forms read back, through ``parse_event``, as events equal
+to the ones the run emitted.
+
+Buffering strings and floats instead of event objects also keeps the hot path
+cheap: the event object dies as soon as the consumer drops it, where keeping
+thousands alive for the writer made the garbage collector walk them again and
+again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import threading
+from array import array
+from collections.abc import Iterator
+from typing import Any, Final
+
+from ..events import BaseEvent, Event, RunContentEvent, StepStartedEvent, WorkflowStartedEvent, parse_event
+
+__all__ = ["Chunk", "Lines", "RunBuffer", "Tokens", "decode_chunk", "dump_event"]
+
+logger = logging.getLogger("threadflow")
+
+#: A row of the events table: ``(run_key, first_seq, last_seq, data, header, times)``.
+Chunk = tuple[int, int, int, str, str | None, bytes | None]
+
+_TOKEN_FIELDS_OWN: Final = {"seq", "created_at", "content"}
+_LITTLE_ENDIAN: Final = sys.byteorder == "little"
+
+
+class Lines:
+    """Consecutive events as JSON lines."""
+
+    __slots__ = ("first", "lines")
+
+    def __init__(self, first: int, line: str) -> None:
+        self.first = first
+        self.lines = [line]
+
+    @property
+    def next_seq(self) -> int:
+        return self.first + len(self.lines)
+
+    def chunk(self, key: int) -> Chunk:
+        return (key, self.first, self.next_seq - 1, "\n".join(self.lines), None, None)
+
+
+class Tokens:
+    """Consecutive ``run_content`` events of one step, by column.
+
+    The run's thread only appends (to ``times`` first, then ``contents``);
+    the writer only removes a prefix both columns already have. Each list and
+    array operation is atomic under the GIL, so the two need no lock here.
+    """
+
+    __slots__ = ("contents", "first", "head", "times")
+
+    def __init__(self, head: RunContentEvent) -> None:
+        self.head = head
+        self.first = head.seq
+        self.times = array("d")
+        self.contents: list[str] = []
+
+    def chunk(self, key: int) -> Chunk | None:
+        """The tokens buffered so far as a row, removed from the buffer; None if there are none."""
+        count = min(len(self.times), len(self.contents))
+        if not count:
+            return None
+        times, contents = self.times[:count], self.contents[:count]
+        del self.times[:count], self.contents[:count]
+        first, self.first = self.first, self.first + count
+        if not _LITTLE_ENDIAN:
+            times.byteswap()
+        header = self.head.model_dump_json(exclude=_TOKEN_FIELDS_OWN)
+        return (key, first, first + count - 1, json.dumps(contents, ensure_ascii=False), header, times.tobytes())
+
+
+class RunBuffer:
+    """One active run's events not yet written: filled by the run's thread, emptied by the writer thread.
+
+    The store's ``append`` adds a token to ``tokens`` itself (the hot path,
+    lock-free: see ``Tokens``); every other event goes through ``add_line``.
+    """
+
+    __slots__ = ("key", "lock", "sealed", "started_at", "step_name", "tokens")
+
+    def __init__(self) -> None:
+        self.key = -1  # the run's rowid in ``runs``, once its record is written
+        self.lock = threading.Lock()  # guards sealed, tokens (the reference), started_at, step_name
+        self.sealed: list[Lines | Tokens] = []
+        self.tokens: Tokens | None = None
+        self.started_at: float | None = None
+        self.step_name: str | None = None
+
+    def open_tokens(self, head: RunContentEvent) -> Tokens:
+        """Start the stretch of tokens that ``head`` begins."""
+        with self.lock:
+            tokens = self.tokens = Tokens(head)
+        return tokens
+
+    def add_line(self, event: BaseEvent) -> None:
+        """Buffer an event other than ``run_content``; it ends the open stretch of tokens."""
+        line = dump_event(event)
+        with self.lock:
+            if self.tokens is not None:
+                self.sealed.append(self.tokens)
+                self.tokens = None
+            last = self.sealed[-1] if self.sealed else None
+            if line is None:
+                pass  # it could not be stored: the events after it start a new row
+            elif isinstance(last, Lines) and last.next_seq == event.seq:
+                last.lines.append(line)
+            else:
+                self.sealed.append(Lines(event.seq, line))
+            if isinstance(event, WorkflowStartedEvent):
+                self.started_at = event.created_at
+            elif isinstance(event, StepStartedEvent):
+                self.step_name = event.step_name
+
+    def take(self) -> tuple[list[Chunk], float | None, str | None]:
+        """Rows for everything buffered so far (``key`` set), and the run's progress since the last take."""
+        with self.lock:
+            stretches, self.sealed = self.sealed, []
+            if self.tokens is not None:
+                stretches.append(self.tokens)  # left open: the run keeps appending to it
+            progress = self.started_at, self.step_name
+            self.started_at = self.step_name = None
+        rows = [stretch.chunk(self.key) for stretch in stretches]
+        return [row for row in rows if row is not None], *progress
+
+
+def dump_event(event: BaseEvent) -> str | None:
+    """The event's JSON. Content pydantic cannot serialise is stored as ``str(value)``; None if even that fails."""
+    try:
+        return event.model_dump_json(fallback=_as_text)
+    except Exception:  # noqa: BLE001 — any failure here has the fallback below
+        pass
+    try:  # e.g. a lone surrogate, or a structure that contains itself
+        fields = {name: _as_text(getattr(event, name)) for name in ("content",) if name in type(event).model_fields}
+        return event.model_copy(update=fields).model_dump_json(fallback=_as_text)
+    except Exception:
+        logger.exception("threadflow: event %s of run %s cannot be stored", event.seq, event.run_id)
+        return None
+
+
+def _as_text(value: Any) -> str:
+    try:
+        text = value if isinstance(value, str) else str(value)
+    except Exception:  # noqa: BLE001 — a __str__ that raises still gets a description
+        text = f"<unprintable {type(value).__name__}>"
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def decode_chunk(first: int, data: str, header: str | None, times: bytes | None) -> Iterator[Event]:
+    """The events of one row of the events table, in ``seq`` order."""
+    if header is None or times is None:
+        yield from (parse_event(line) for line in data.split("\n"))
+        return
+    shared = json.loads(header)
+    stamps = array("d")
+    stamps.frombytes(times)
+    if not _LITTLE_ENDIAN:
+        stamps.byteswap()
+    for offset, (at, content) in enumerate(zip(stamps, json.loads(data), strict=True)):
+        yield parse_event({**shared, "seq": first + offset, "created_at": at, "content": content})
