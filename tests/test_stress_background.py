@@ -351,8 +351,12 @@ def test_timeouts_and_cancels_racing_with_live_subscribers() -> None:
     rng = random.Random(99)
     runs = 400
 
+    hold = threading.Event()
+
     def work(si: StepInput) -> Iterator[str]:
         ctx = get_context()
+        if si.input["hold"]:
+            ctx.wait(hold)  # waiting spends no budget: only the cancel by hand can end these
         for i in range(si.input["chunks"]):
             # Blocked without a checkpoint: budget spent. (A busy loop here would starve the
             # timer thread of the GIL, and runs would end before it could fire.)
@@ -362,9 +366,11 @@ def test_timeouts_and_cancels_racing_with_live_subscribers() -> None:
 
     wf = Workflow("timeouts", steps=[Step("work", executor=work)], max_concurrent_runs=64)
     handles: list[RunHandle] = []
-    for _ in range(runs):
-        job = {"chunks": rng.randint(1, 6), "busy": rng.uniform(0, 0.002)}
-        handles.append(wf.run(job, background=True, run_timeout=rng.uniform(0.001, 0.01)))
+    held = set(rng.sample(range(runs), 20))  # a few that are surely active when cancelled
+    for index in range(runs):
+        job = {"chunks": rng.randint(1, 6), "busy": rng.uniform(0, 0.002), "hold": index in held}
+        budget = 60.0 if index in held else rng.uniform(0.001, 0.01)
+        handles.append(wf.run(job, background=True, run_timeout=budget))
 
     followed: dict[str, list[BaseEvent]] = {}
 
@@ -376,8 +382,11 @@ def test_timeouts_and_cancels_racing_with_live_subscribers() -> None:
     for thread in subscribers:
         thread.start()
     accepted: dict[str, bool] = {}
-    for handle in rng.sample(handles, runs // 3):
-        accepted[handle.run_id] = handle.cancel("by hand")
+    to_cancel = [handles[i] for i in sorted(held)] + rng.sample(handles, runs // 3)
+    for handle in to_cancel:
+        if handle.run_id not in accepted:
+            accepted[handle.run_id] = handle.cancel("by hand")
+    hold.set()
     for thread in subscribers:
         thread.join(WAIT)
         assert not thread.is_alive()
