@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import random
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
-from threadflow import RunStatus, Step, StepInput, Workflow, get_context
+from threadflow import RunHandle, RunStatus, Step, StepInput, Workflow, get_context
 from threadflow.registry import REGISTRY
 
 
@@ -72,37 +73,48 @@ def concurrent(total: int) -> None:
     def batch(cancel: bool) -> tuple[float, list[float], int]:
         peak = threading.active_count()
         latencies: list[float] = []
+        accepted: list[RunHandle] = []
         lock = threading.Lock()
-        started = time.perf_counter()
-        handles = [wf.run(background=True) for _ in range(total)]
-        if cancel:
-            chosen = random.sample(handles, total // 2)
+        chosen: queue.SimpleQueue[RunHandle | None] = queue.SimpleQueue()
 
-            def canceller(mine: list[object]) -> None:
-                for handle in mine:
-                    asked = time.perf_counter()
-                    if handle.cancel("benchmark"):  # type: ignore[attr-defined]
-                        handle.wait()  # type: ignore[attr-defined]
+        def canceller() -> None:
+            while (handle := chosen.get()) is not None:
+                time.sleep(random.uniform(0.0, 0.002))  # cancels land on runs in every state
+                asked = time.perf_counter()
+                if handle.cancel("benchmark"):
+                    accepted.append(handle)
+
+                    def ended(asked: float = asked) -> None:
                         with lock:
                             latencies.append(time.perf_counter() - asked)
 
-            threads = [threading.Thread(target=canceller, args=(chosen[i::4],)) for i in range(4)]
-            for thread in threads:
-                thread.start()
+                    handle.add_done_callback(ended)
+
+        threads = [threading.Thread(target=canceller) for _ in range(4 if cancel else 0)]
+        for thread in threads:
+            thread.start()
+        started = time.perf_counter()
+        handles = []
+        for _ in range(total):
+            handles.append(wf.run(background=True))
+            if cancel and random.random() < 0.5:
+                chosen.put(handles[-1])
+        for _ in threads:
+            chosen.put(None)
         for handle in handles:
             handle.wait()
             peak = max(peak, threading.active_count())
-        if cancel:
-            for thread in threads:
-                thread.join()
+        for thread in threads:
+            thread.join()
         wall = time.perf_counter() - started
         assert all(h.status.is_terminal for h in handles)
+        assert all(h.status is RunStatus.cancelled for h in accepted), "True must mean cancelled"
         return wall, latencies, peak
 
     base_wall, _, base_peak = batch(cancel=False)
     wall, latencies, peak = batch(cancel=True)
-    cancelled = sum(1 for _ in latencies)
-    print(f"\n## {total} concurrent background runs, max_concurrent_runs=64, half cancelled from 4 threads")
+    cancelled = len(latencies)  # one per accepted cancel, taken when the run ended
+    print(f"\n## {total} concurrent background runs, max_concurrent_runs=64, ~half cancelled from 4 threads")
     print(f"  never cancelled (baseline): wall {base_wall:6.2f} s, peak threads {base_peak}")
     print(f"  with random cancels       : wall {wall:6.2f} s, peak threads {peak}, cancels accepted {cancelled}")
     if latencies:
