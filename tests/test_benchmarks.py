@@ -1,0 +1,32 @@
+"""Benchmarks must keep running: each one's --quick smoke run exits 0 and prints its baselines."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
+
+EXPECTED = {
+    "bench_core.py": ["baseline A", "baseline B", "bare loop", "p99", "registry 0"],
+    "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],
+    "bench_store.py": ["MemoryStore", "SqliteStore", "p99"],
+    "bench_http.py": ["in-process", "p99", "events per second"],
+}
+
+
+def test_every_benchmark_is_smoke_tested() -> None:
+    assert {path.name for path in BENCHMARKS.glob("bench_*.py")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("script", sorted(EXPECTED))
+def test_benchmark_quick_run(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for needle in EXPECTED[script]:
+        assert needle in result.stdout, f"{script} --quick printed no {needle!r}:\n{result.stdout}"
