@@ -101,7 +101,7 @@ def per_run(runs: int, repeats: int) -> None:
     for count in (1, 10):
         steps = [Step(f"s{i}", executor=trivial) for i in range(count)]
         wf = Workflow(f"bench-{count}", steps=steps)
-        step_input = StepInput(None, None, "r", "w", "s", 0, {})
+        step_input = StepInput(None, None, "r", "w", "s", 0)
 
         def bare(steps: list[Step] = steps, step_input: StepInput = step_input) -> float:
             started = time.perf_counter()

@@ -51,7 +51,7 @@ def test_package_is_typed() -> None:
 # steps → runner → workflow → cli/server). Lazy imports inside functions are allowed.
 LAYERS = [
     {"events", "exceptions"},
-    {"registry", "_timer", "context"},
+    {"_reaper", "registry", "_timer", "context"},
     {"retry", "agents", "steps", "models", "output"},
     {"_runner", "storage", "handles", "testing"},
     {"_background", "workflow", "control"},

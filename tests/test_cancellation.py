@@ -256,7 +256,32 @@ def test_generator_step_that_swallows_is_thrown_in_again_and_ends_cancelled() ->
             assert wf.cancel_run(stream.run_id) is True
     check_run_events(seen)
     assert [e.content for e in seen if isinstance(e, RunContentEvent)] == ["0"]
-    assert throws == [0, 1, 2, 3, 4]  # level-triggered: every later checkpoint raises
+    assert throws == [0, 1]  # thrown in again at the next checkpoint, then closed
+    assert stream.output is not None and stream.output.status is RunStatus.cancelled
+
+
+@pytest.mark.parametrize("leave", ["cancel", "break"])
+def test_a_step_swallowing_the_cancel_for_ever_is_closed(leave: str) -> None:
+    closed = threading.Event()
+
+    def endless(si: StepInput) -> Iterator[str]:
+        try:
+            while True:
+                try:
+                    yield "x"
+                except CancellationError:
+                    pass  # swallowed, every time
+        finally:
+            closed.set()
+
+    wf = Workflow("w", steps=[endless])
+    stream = wf.run(stream=True)
+    for event in stream:
+        if isinstance(event, RunContentEvent):
+            if leave == "break":
+                break
+            wf.cancel_run(stream.run_id)
+    assert closed.is_set()
     assert stream.output is not None and stream.output.status is RunStatus.cancelled
 
 

@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 
+from ._reaper import drain
 from ._runner import Runner
 from .events import CancelCause
 from .handles import RunHandle
@@ -65,13 +66,23 @@ class WorkerPool:
         _record_unstarted(handle)
 
     def _work(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        return
+                    handle = self._queue.popleft()
+                _execute(handle)
+        finally:
+            # However this thread ends, its slot is given back (under the lock
+            # that also decides whether a new worker is needed).
             with self._lock:
-                if not self._queue:
-                    self._workers -= 1
-                    return
-                handle = self._queue.popleft()
-            _execute(handle)
+                self._workers -= 1
+                restart = bool(self._queue) and self._workers < self.max_workers
+                if restart:
+                    self._workers += 1
+            if restart:
+                threading.Thread(target=self._work, name=f"threadflow-{self.name}", daemon=True).start()
 
     @property
     def queued(self) -> int:
@@ -119,6 +130,7 @@ def shutdown(timeout: float | None = 10.0) -> bool:
     """
     if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
         raise ValueError(f"timeout must be a non-negative number of seconds or None, not {timeout!r}")
+    drain()
     handles = active_handles()
     for handle in handles:
         REGISTRY.cancel(handle.state, "threadflow is shutting down", CancelCause.shutdown)

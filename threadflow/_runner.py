@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
+from ._reaper import finish_soon
 from ._timer import TIMER
 from .context import RunContext, cancellation_error, current_context_var
 from .events import (
@@ -132,6 +133,7 @@ class Runner:
                 self.state.step_name = self.ctx.step_name = step.name
                 yield self.emit(StepStartedEvent, **self._step_fields(step, index))
                 content = yield from self._run_step(index, step)
+                self._checkpoint()  # handing step_completed over is a checkpoint too
                 self.outputs[step.name] = self.content = content
                 yield self.emit(StepCompletedEvent, content=content, **self._step_fields(step, index))
                 self._checkpoint()
@@ -142,7 +144,7 @@ class Runner:
             self.failure = failed
             terminal = self._finish(RunStatus.error)
         except GeneratorExit:
-            self.abandon()
+            finish_soon(self.abandon)  # inside a garbage collection: later, at a safe point
             raise
         except BaseException as error:  # KeyboardInterrupt, SystemExit, a failing store
             self._crash(error)
@@ -174,6 +176,7 @@ class Runner:
                 delay = attempts.failed(failed.error) if attempts is not None else None
                 if attempts is None or delay is None:
                     raise
+                self._checkpoint()
                 yield self.emit(
                     StepRetryingEvent,
                     attempt=attempt,
@@ -200,7 +203,7 @@ class Runner:
 
     def _attempt(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
         step_input = StepInput(
-            self.input, self.content, self.state.run_id, self.state.workflow_id, step.name, index, self.outputs
+            self.input, self.content, self.state.run_id, self.state.workflow_id, step.name, index, _outputs=self.outputs
         )
         try:
             result = self._in_step(step.start, step_input)
@@ -215,17 +218,19 @@ class Runner:
     def _stream(self, index: int, step: Step, gen: Generator[Any, None, Any]) -> Generator[BaseEvent, None, Any]:
         """Drive a streaming step, yielding one ``run_content`` per string it yields."""
         run_fields = self._step_fields(step, index, agent=True)
+        self._step_gen = gen  # from here on, a consumer leaving must close it
         yield self.emit(RunStartedEvent, **run_fields)
         state, ctx, sink, base = self.state, self.ctx, self.sink, self._base
         template = {**base, **run_fields}
         chunks: list[str] = []
-        self._step_gen = gen
+        thrown = 0
         try:
             while True:
                 token = _CURRENT.set(ctx)
                 try:
                     if state.cancel_requested and not state.shield_depth:
-                        chunk = gen.throw(cancellation_error(state))
+                        chunk = _throw_cancel(gen, state, thrown)
+                        thrown += 1
                     else:
                         chunk = next(gen)
                 except StopIteration as stop:
@@ -269,12 +274,12 @@ class Runner:
         yield self.emit(RunCompletedEvent, content=content, **run_fields)
         return content
 
-    @staticmethod
-    def _close_quietly(gen: Generator[Any, None, Any]) -> None:
+    def _close_quietly(self, gen: Generator[Any, None, Any]) -> None:
+        """Close a step generator (its ``finally`` runs with the run's context); log what it raises."""
         try:
-            gen.close()
+            self._in_step(gen.close)
         except Exception:
-            logger.debug("threadflow: closing a failed step generator raised", exc_info=True)
+            logger.debug("threadflow: closing a step generator raised", exc_info=True)
 
     # -- the end ------------------------------------------------------------
 
@@ -331,25 +336,37 @@ class Runner:
     def _crash(self, error: BaseException) -> None:
         """Something no step handles escaped: record the run as ended, then let it propagate."""
         gen, self._step_gen = self._step_gen, None
-        if gen is not None:
-            self._close_quietly(gen)
-        if not self.state.status.is_terminal:
-            step = self.steps[max(self._step_index, 0)]
-            self.failure = StepFailed(step, error)
-            self._finish(RunStatus.error)
+        try:
+            if gen is not None:
+                self._close_quietly(gen)
+        finally:
+            if not self.state.status.is_terminal:
+                step = self.steps[max(self._step_index, 0)]
+                self.failure = StepFailed(step, error)
+                self._finish(RunStatus.error)
 
     def abandon(self) -> None:
         """The consumer left: cancel (``stream_closed``), let the step clean up, record the end.
 
-        Safe to call at any point, and more than once; does nothing once the run has ended.
+        Safe to call at any point, and more than once; does nothing once the
+        run has ended. Whatever the step's cleanup raises (even
+        ``KeyboardInterrupt``), the run is recorded and leaves the registry.
         """
         state = self.state
         if state.status.is_terminal:
             return
         REGISTRY.cancel(state, None, CancelCause.stream_closed)
         gen, self._step_gen = self._step_gen, None
-        if gen is not None:
-            self._drain(gen)
+        try:
+            if gen is not None:
+                self._drain(gen)
+        finally:
+            if not state.status.is_terminal:
+                self._record_abandoned(gen is not None)
+
+    def _record_abandoned(self, in_stream: bool) -> None:
+        state = self.state
+        if in_stream:
             step = self.steps[self._step_index]
             run_fields = self._step_fields(step, self._step_index, agent=True)
             self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
@@ -361,13 +378,15 @@ class Runner:
     def _drain(self, gen: Generator[Any, None, Any]) -> None:
         """Run a suspended step to its end without a consumer: shielded code first, then the cancel."""
         state = self.state
+        thrown = 0
         while True:
             token = _CURRENT.set(self.ctx)
             try:
                 if state.shield_depth:
                     next(gen)  # its output is discarded: nobody is listening
                 else:
-                    gen.throw(cancellation_error(state))
+                    _throw_cancel(gen, state, thrown)
+                    thrown += 1
             except (StopIteration, CancellationError):
                 return
             except Exception:
@@ -375,6 +394,23 @@ class Runner:
                 return
             finally:
                 _CURRENT.reset(token)
+
+
+#: Times a generator step may swallow the cancel thrown into it and yield again
+#: before it is closed instead: level-triggered, yet a step cannot keep a
+#: cancelled run alive for ever.
+SWALLOW_LIMIT = 2
+
+
+def _throw_cancel(gen: Generator[Any, None, Any], state: RunState, thrown: int) -> Any:
+    """Deliver the cancel into a step suspended at its ``yield``; the step's next chunk, if it swallows it."""
+    if thrown >= SWALLOW_LIMIT:
+        try:
+            gen.close()
+        except Exception:
+            logger.debug("threadflow: a step ignored GeneratorExit after swallowing the cancel", exc_info=True)
+        raise cancellation_error(state)
+    return gen.throw(cancellation_error(state))
 
 
 def _cause(state: RunState) -> CancelCause:

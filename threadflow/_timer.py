@@ -11,6 +11,7 @@ no deadline is armed.
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 import time
 
@@ -18,6 +19,8 @@ from .events import CancelCause
 from .registry import REGISTRY, RunState
 
 __all__ = ["TIMER"]
+
+logger = logging.getLogger("threadflow")
 
 _IDLE_EXIT_SECONDS = 5.0
 
@@ -75,17 +78,28 @@ class _Timer:
             self._stale = 0
 
     def _loop(self) -> None:
-        while True:
-            expired = self._next_expired()
-            if expired is None:
-                return
-            for state in expired:
-                _expire(state)
+        try:
+            while True:
+                expired = self._next_expired()
+                if expired is None:
+                    return
+                for state in expired:
+                    try:
+                        _expire(state)
+                    except BaseException:
+                        logger.exception("threadflow: expiring run %s raised", state.run_id)
+        finally:
+            with self._cond:
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def _next_expired(self) -> list[RunState] | None:
         """Block until a deadline passes; None when idle long enough to exit."""
         with self._cond:
             while True:
+                while self._heap and self._heap[0][2] != self._heap[0][3].timer_generation:
+                    heapq.heappop(self._heap)  # disarmed: drop it now, not at its old deadline
+                    self._stale = max(0, self._stale - 1)
                 now = time.monotonic()
                 expired = []
                 while self._heap and self._heap[0][0] <= now:
@@ -99,8 +113,7 @@ class _Timer:
                     return expired
                 if not self._heap:
                     if not self._cond.wait(_IDLE_EXIT_SECONDS) and not self._heap:
-                        self._thread = None
-                        return None
+                        return None  # _loop's finally forgets this thread
                     continue
                 self._cond.wait(self._heap[0][0] - now)
 

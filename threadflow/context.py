@@ -80,23 +80,24 @@ class RunContext:
         The time asleep does not count toward ``run_timeout``. Inside a shield
         the sleep runs its full length.
         """
-        if seconds < 0:
-            raise ValueError(f"sleep length must be non-negative, not {seconds!r}")
+        _check_seconds("sleep length", seconds)
         self._wait_until(None, time.monotonic() + seconds)
 
-    def wait(self, event: threading.Event | None = None, timeout: float | None = None) -> bool:
+    def wait(self, event: threading.Event | float | None = None, timeout: float | None = None) -> bool:
         """Wait until ``event`` is set or ``timeout`` passes; a checkpoint.
 
         Returns True if ``event`` was set, False on timeout. Raises
         ``CancellationError`` as soon as the run is cancelled (outside a
         shield). With no event it waits for the timeout (or for ever) — an
-        interruptible pause. The time waited does not count toward
-        ``run_timeout``.
+        interruptible pause; ``ctx.wait(5)`` is ``ctx.wait(timeout=5)``. The
+        time waited does not count toward ``run_timeout``.
         """
-        if timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be non-negative, not {timeout!r}")
+        if isinstance(event, (int, float)) and not isinstance(event, bool) and timeout is None:
+            event, timeout = None, event
+        if timeout is not None:
+            _check_seconds("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._wait_until(event, deadline)
+        return self._wait_until(event, deadline)  # type: ignore[arg-type]  # a number was moved to timeout
 
     def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call ``callback()`` once, from the cancelling thread, when the run is cancelled.
@@ -138,7 +139,7 @@ def _wait_for(state: RunState, event: threading.Event | None, deadline: float | 
             if remaining == 0.0:
                 return False
             if state.cancel_requested:  # shielded: the cancel cannot wake us
-                time.sleep(remaining if remaining is not None else 3600.0)
+                time.sleep(remaining if remaining is not None else _MAX_SLICE)
             else:
                 state.cancel_event.wait(remaining)
         return False
@@ -171,10 +172,20 @@ def _wait_for_event(state: RunState, event: threading.Event, deadline: float | N
         REGISTRY.remove_callback(state, wake)
 
 
+# One wait's longest slice: threading's limit is lower than math.inf, so longer
+# waits (ctx.sleep(math.inf)) are made of slices.
+_MAX_SLICE = 3600.0
+
+
 def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
-    return max(0.0, deadline - time.monotonic())
+    return min(_MAX_SLICE, max(0.0, deadline - time.monotonic()))
+
+
+def _check_seconds(what: str, seconds: object) -> None:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise ValueError(f"{what} must be a non-negative number of seconds, not {seconds!r}")
 
 
 def cancellation_error(state: RunState) -> CancellationError:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._background import shutdown
+from ._reaper import drain
 from .events import CancelCause, RunInfo
 from .registry import REGISTRY, check_reason
 from .storage._defaults import lookup_run
@@ -19,6 +20,7 @@ def cancel_run(run_id: str, reason: str | None = None) -> bool:
     check_reason(reason)
     if not isinstance(run_id, str):
         return False
+    drain()
     return REGISTRY.request_cancel(run_id, reason, CancelCause.requested)
 
 
@@ -29,5 +31,6 @@ def get_run(run_id: str) -> RunInfo | None:
 
 def active_runs() -> list[RunInfo]:
     """The runs of this process that have not ended, oldest first."""
+    drain()
     infos = [state.info() for state in REGISTRY.states() if not state.status.is_terminal]
     return sorted(infos, key=lambda info: info.created_at)

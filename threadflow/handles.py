@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from ._reaper import finish_soon
 from .events import BaseEvent, CancelCause, Event, RunStatus
 from .exceptions import WorkflowError
 from .output import WorkflowRunOutput
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from ._runner import Runner
 
 __all__ = ["EventLog", "RunHandle", "RunStream", "result_or_raise"]
+
+logger = logging.getLogger("threadflow")
 
 
 class RunStream:
@@ -30,14 +34,15 @@ class RunStream:
     ``cancelled``. ``output`` is the ``WorkflowRunOutput`` once the stream has ended.
     """
 
-    __slots__ = ("__weakref__", "_gen", "_runner")
+    __slots__ = ("__weakref__", "_consumer", "_gen", "_runner")
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._gen: Generator[BaseEvent, None, None] = runner.events()
+        self._consumer: int | None = None  # the thread iterating, once one is
         # A generator that never started runs no code when it is collected, so
         # the abandoned-before-start case is recorded from a finaliser instead.
-        weakref.finalize(self._gen, runner.abandon)
+        weakref.finalize(self._gen, finish_soon, runner.abandon)
 
     @property
     def run_id(self) -> str:
@@ -58,15 +63,24 @@ class RunStream:
         # One generator per loop: when a ``for`` loop is left by ``break`` it
         # drops this iterator, whose close() closes the run (SPEC §3 rule 8)
         # even while the caller still holds the stream.
+        self._consumer = threading.get_ident()
         yield from self._gen  # type: ignore[misc]  # the runner yields only Event members
 
     def __next__(self) -> Event:
+        self._consumer = threading.get_ident()
         return next(self._gen)  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Stop consuming: cancels a run that has not ended (cause ``stream_closed``)."""
-        if inspect.getgeneratorstate(self._gen) == inspect.GEN_RUNNING:
-            # Called from inside the run (step code) or another thread: request only.
+        """Stop consuming: cancels a run that has not ended (cause ``stream_closed``).
+
+        From the consuming thread, the step's cleanup has run when it returns.
+        From another thread (or from step code) it only requests the cancel:
+        the consumer's next ``next()`` delivers it, so two threads never drive
+        the run at once.
+        """
+        consumer = self._consumer
+        running = inspect.getgeneratorstate(self._gen) == inspect.GEN_RUNNING
+        if running or (consumer is not None and consumer != threading.get_ident()):
             REGISTRY.cancel(self._runner.state, None, CancelCause.stream_closed)
             return
         started = inspect.getgeneratorstate(self._gen) != inspect.GEN_CREATED
@@ -218,7 +232,10 @@ class RunHandle:
         return self._log
 
     def add_done_callback(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` once the run has ended (at once if it has), from the ending thread."""
+        """Call ``callback()`` once the run has ended (at once if it has), from the ending thread.
+
+        An exception it raises is logged.
+        """
         with self._lock:
             if not self._done.is_set():
                 self._callbacks.append(callback)
@@ -230,7 +247,10 @@ class RunHandle:
             self._done.set()
             callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
-            callback()
+            try:
+                callback()
+            except Exception:  # a caller's callback must not take the worker thread down
+                logger.exception("threadflow: done callback %r of run %s raised", callback, self.run_id)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id} {self.status.value}>"

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from ._reaper import drain
 from .events import CancelCause, RunInfo, RunStatus, make_event
 from .exceptions import DuplicateRunError
 
@@ -45,6 +46,7 @@ class RunState:
         "background",
         "budget_left",
         "callbacks",
+        "callbacks_running",
         "_cancel_event",
         "cancel_requested",
         "cause",
@@ -92,6 +94,8 @@ class RunState:
         self._cancel_event: threading.Event | None = None  # made on first use: most runs never wait
         self.shield_depth = 0
         self.callbacks: list[Callable[[], object]] | None = []
+        # (set when they have run, the thread running them) while a cancel runs the callbacks
+        self.callbacks_running: tuple[threading.Event, int] | None = None
         self.background = background
         # run_timeout bookkeeping, owned by threadflow._timer
         self.timeout = timeout
@@ -172,10 +176,12 @@ class Registry:
         return self._runs.get(run_id)
 
     def states(self) -> list[RunState]:
+        drain()
         with self.lock:
             return list(self._runs.values())
 
     def __len__(self) -> int:
+        drain()
         return len(self._runs)
 
     # -- status changes -----------------------------------------------------
@@ -207,19 +213,41 @@ class Registry:
         return self.cancel(state, reason, cause)
 
     def cancel(self, state: RunState, reason: str | None, cause: CancelCause) -> bool:
+        """Accept a cancel of ``state`` if it is active; True iff accepted (now or before).
+
+        The first request runs the ``on_cancel`` callbacks; a concurrent later
+        one returns only after they have run, as rule 1 promises both.
+        """
+        me = threading.get_ident()
         with self.lock:
             if state.status not in _ACTIVE:
                 return False
             if state.cancel_requested:
-                return True
-            state.cancel_requested = True
-            state.cause = cause
-            state.reason = reason
-            state.status = RunStatus.cancelling
-            callbacks, state.callbacks = state.callbacks, None
-            if state._cancel_event is not None:
-                state._cancel_event.set()
-        _call_all(callbacks or ())
+                running = state.callbacks_running
+                if running is None or running[1] == me:
+                    return True
+            else:
+                state.cancel_requested = True
+                state.cause = cause
+                state.reason = reason
+                state.status = RunStatus.cancelling
+                callbacks, state.callbacks = state.callbacks, None
+                if state._cancel_event is not None:
+                    state._cancel_event.set()
+                if callbacks:
+                    state.callbacks_running = (threading.Event(), me)
+                running = None
+        if running is not None:  # another thread is running the callbacks
+            running[0].wait()
+            return True
+        if callbacks:
+            try:
+                _call_all(callbacks)
+            finally:
+                done = state.callbacks_running
+                state.callbacks_running = None
+                if done is not None:
+                    done[0].set()
         return True
 
     def add_callback(self, state: RunState, callback: Callable[[], object]) -> None:
@@ -264,11 +292,22 @@ def check_reason(reason: object) -> None:
 
 
 def _call_all(callbacks: Sequence[Callable[[], object]]) -> None:
+    """Call each callback; one that raises is logged and does not stop the others.
+
+    A ``BaseException`` (``KeyboardInterrupt``, ``SystemExit``) is re-raised
+    once every callback has run.
+    """
+    interrupt: BaseException | None = None
     for callback in callbacks:
         try:
             callback()
         except Exception:
             logger.exception("threadflow: on_cancel callback %r raised", callback)
+        except BaseException as error:
+            logger.exception("threadflow: on_cancel callback %r raised", callback)
+            interrupt = interrupt or error
+    if interrupt is not None:
+        raise interrupt
 
 
 REGISTRY = Registry()

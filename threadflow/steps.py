@@ -26,17 +26,20 @@ __all__ = ["Executor", "Step", "StepInput", "as_step"]
 
 @dataclass(slots=True)
 class StepInput:
-    """What a step's executor is called with."""
+    """What a step's executor is called with.
+
+    Build one yourself to unit-test an executor: ``StepInput(input=..., previous_step_content=...)``.
+    """
 
     #: The workflow's input.
-    input: Any
+    input: Any = None
     #: The output of the step before this one (None for the first step).
-    previous_step_content: Any
-    run_id: str
-    workflow_id: str
-    step_name: str
-    step_index: int
-    _outputs: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    previous_step_content: Any = None
+    run_id: str = ""
+    workflow_id: str = ""
+    step_name: str = ""
+    step_index: int = 0
+    _outputs: Mapping[str, Any] = field(default_factory=dict, repr=False, kw_only=True)
 
     def get_step_content(self, name: str) -> Any:
         """The output of the earlier step ``name``; ``KeyError`` if no such step has run."""

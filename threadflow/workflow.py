@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Seque
 from typing import Any, Literal, overload
 
 from ._background import WorkerPool
+from ._reaper import drain, finish_soon
 from ._runner import Runner
 from .events import BaseEvent, CancelCause, Event, RunInfo
 from .handles import EventLog, RunHandle, RunStream, result_or_raise
@@ -45,9 +47,11 @@ def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEven
     """debug_mode: log every event (as its JSON) at DEBUG on the ``threadflow.events`` logger."""
 
     def log_event(event: BaseEvent) -> None:
-        _event_logger.debug("%s", event.model_dump_json())
         if inner is not None:
             inner(event)
+        if _event_logger.isEnabledFor(logging.DEBUG):
+            # repr() for content JSON cannot hold: logging must never fail a run
+            _event_logger.debug("%s", event.model_dump_json(fallback=repr))
 
     return log_event
 
@@ -132,6 +136,17 @@ class Workflow:
         run_timeout: float | None = None,
     ) -> WorkflowRunOutput: ...
 
+    @overload
+    def run(
+        self,
+        input: Any = None,
+        *,
+        stream: bool = False,
+        background: bool = False,
+        run_id: str | None = None,
+        run_timeout: float | None = None,
+    ) -> WorkflowRunOutput | RunStream | RunHandle: ...
+
     def run(
         self,
         input: Any = None,  # noqa: A002
@@ -169,6 +184,7 @@ class Workflow:
         background: bool = False,
         sink: Any = None,
     ) -> Runner:
+        drain()  # a safe point: finish runs a garbage collection abandoned
         if run_id is None:
             run_id = new_run_id()
         elif not isinstance(run_id, str) or not run_id:
@@ -229,6 +245,17 @@ class Workflow:
         run_timeout: float | None = None,
     ) -> Coroutine[Any, Any, WorkflowRunOutput]: ...
 
+    @overload
+    def arun(
+        self,
+        input: Any = None,
+        *,
+        stream: bool = False,
+        background: bool = False,
+        run_id: str | None = None,
+        run_timeout: float | None = None,
+    ) -> AsyncRunStream | Coroutine[Any, Any, WorkflowRunOutput | RunHandle]: ...
+
     def arun(
         self,
         input: Any = None,  # noqa: A002
@@ -276,6 +303,7 @@ class Workflow:
         check_reason(reason)
         if not isinstance(run_id, str):
             return False
+        drain()
         return REGISTRY.request_cancel(run_id, reason, CancelCause.requested, workflow_id=self.id)
 
     def get_run(self, run_id: str) -> RunInfo | None:
@@ -299,7 +327,7 @@ class AsyncRunStream:
         self._workflow = workflow
         self._handle = handle
         self._started = False
-        self._unstarted = weakref.finalize(self, _abandon_unstarted, handle)
+        self._unstarted = weakref.finalize(self, finish_soon, functools.partial(_abandon_unstarted, handle))
 
     @property
     def run_id(self) -> str:

@@ -7,6 +7,7 @@ import threading
 import weakref
 from collections.abc import Iterable
 
+from .._reaper import drain
 from ..events import RunInfo
 from ..registry import REGISTRY
 from .base import RunStore
@@ -21,6 +22,7 @@ _lock = threading.Lock()
 _memory = MemoryStore()
 _by_path: dict[str, RunStore] = {}
 _known: weakref.WeakSet[RunStore] = weakref.WeakSet()
+_known_strong: dict[int, RunStore] = {}  # stores that cannot be weakly referenced (slots, dataclasses)
 
 
 def default_store() -> RunStore:
@@ -41,19 +43,23 @@ def track_store(store: RunStore) -> None:
     """Remember a store in use so that ``threadflow.get_run()`` can find finished runs in it."""
     if store is not _memory:
         with _lock:
-            _known.add(store)
+            try:
+                _known.add(store)
+            except TypeError:  # no __weakref__, or unhashable: keep it (one per such store)
+                _known_strong[id(store)] = store
 
 
 def lookup_run(run_id: str, stores: Iterable[RunStore] | None = None) -> RunInfo | None:
     """The run's record: live from the registry while active, else from the stores."""
     if not isinstance(run_id, str):
         return None
+    drain()  # a run a garbage collection abandoned is recorded before we answer
     state = REGISTRY.get(run_id)
     if state is not None:
         return state.info()
     if stores is None:
         with _lock:
-            stores = [_memory, *_known]
+            stores = [_memory, *_known, *_known_strong.values()]
     for store in stores:
         info = store.get_run(run_id)
         if info is not None:
