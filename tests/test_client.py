@@ -86,6 +86,20 @@ def test_a_body_that_ends_without_a_terminal_event_ends_the_stream() -> None:
         assert list(client.events("w", "r")) == [started()]
 
 
+def test_a_stream_the_server_interrupts_raises_naming_the_last_seq() -> None:
+    """A stopping server ends the stream with ``stream_interrupted``: not the run's end, so it raises."""
+    body = (
+        f"id: 1\ndata: {started().model_dump_json()}\n\n"
+        'event: stream_interrupted\ndata: {"detail": "the server is stopping"}\n\n'
+    ).encode()
+    with canned(body) as client:
+        events = client.events("w", "r")
+        assert next(events) == started()
+        expected = r"run 'r/1' was interrupted: the server is stopping \(last seq received: 1\)"
+        with pytest.raises(httpx.RemoteProtocolError, match=expected):
+            next(events)
+
+
 # -- answers and errors -----------------------------------------------------------------
 
 

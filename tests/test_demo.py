@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import signal
 import subprocess
 import sys
 
@@ -30,6 +31,22 @@ def test_demo_without_cancel_completes() -> None:
     assert "── writer ──" in result.stdout
     assert "status:  completed" in result.stdout
     assert "cancel landed" not in result.stdout
+
+
+def test_ctrl_c_during_the_demo_exits_130_quietly_with_the_summary() -> None:
+    command = [sys.executable, "-m", "threadflow", "demo", "--no-cancel", "--tokens-per-second", "20"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8") as demo:
+        assert demo.stdout is not None
+        try:
+            while "── researcher ──" not in demo.stdout.readline():  # a token was flushed after it: streaming
+                assert demo.poll() is None, "the demo ended before it streamed"
+            demo.send_signal(signal.SIGINT)  # Ctrl+C
+            out, err = demo.communicate(timeout=30)
+        finally:
+            demo.kill()
+    assert demo.returncode == 130, err
+    assert err == ""  # no traceback, nothing else
+    assert "── summary ──" in out and "status:  " in out
 
 
 def test_demo_rejects_bad_options_with_usage_exit_code() -> None:

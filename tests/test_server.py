@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import logging
 import os
 import pathlib
 import random
@@ -22,6 +23,9 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import WebSocket
+from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from threadflow import CancellationError, RunStatus, Workflow, get_context
 from threadflow.client import Client
@@ -104,6 +108,48 @@ class RecordingStore(MemoryStore):
     def request_cancel(self, run_id: str, reason: str | None = None) -> bool | None:
         self.cancel_requests.append((run_id, reason))
         return self.reachable
+
+
+class BusyStore(RecordingStore):
+    """Writes for the runs in ``hold`` wait until ``release`` (a database another process holds busy).
+
+    ``hold_end``: ``run_ended`` waits; ``hold_terminal``: appending the terminal event
+    waits. ``entered`` says a write is waiting; ``reads`` counts ``events()`` calls.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold_end: set[str] = set()
+        self.hold_terminal: set[str] = set()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.ended: set[str] = set()
+        self.reads = 0
+        self._reading = threading.Condition()
+
+    def _wait_if(self, held: bool) -> None:
+        if held:
+            self.entered.set()
+            self.release.wait(WAIT)
+
+    def append(self, event: BaseEvent) -> None:
+        self._wait_if(event.terminal and event.run_id in self.hold_terminal)
+        super().append(event)
+
+    def run_ended(self, info: RunInfo) -> None:
+        self._wait_if(info.run_id in self.hold_end)
+        super().run_ended(info)
+        self.ended.add(info.run_id)
+
+    def events(self, run_id: str, after_seq: int = 0) -> Sequence[Event]:
+        with self._reading:
+            self.reads += 1
+            self._reading.notify_all()
+        return super().events(run_id, after_seq)
+
+    def wait_for_reads(self, count: int) -> bool:
+        with self._reading:
+            return self._reading.wait_for(lambda: self.reads >= count, WAIT)
 
 
 ECHO = Workflow("echo", steps=[echo])
@@ -368,6 +414,28 @@ def test_events_from_a_store_that_records_them_are_replayed_and_followed(client:
     assert list(client.events("stored", run_id, after_seq=1)) == rest
 
 
+def test_events_followed_in_a_store_wait_for_the_stored_terminal_event() -> None:
+    """The registry says completed before the store has the terminal event: the reader waits for it."""
+    store = BusyStore()
+    workflow = Workflow("late", steps=[gated], store=store)
+    run_id = new_id()
+    me = probe(run_id)
+    store.hold_terminal.add(run_id)
+    with running_server(create_app(workflow)) as url, Client(url) as client:
+        handle = workflow.run(None, background=True, run_id=run_id)  # not through the app: read from the store
+        assert me.inside.wait(WAIT)
+        with client.events("late", run_id) as events:
+            first = next(events)
+            me.release.set()
+            assert store.entered.wait(WAIT)  # completed in the registry; the terminal event not stored yet
+            assert store.wait_for_reads(store.reads + 2)  # the reader has looked since
+            store.release.set()
+            rest = list(events)
+        assert handle.wait(WAIT)
+    assert_one_run([first, *rest])
+    assert isinstance(rest[-1], WorkflowCompletedEvent)
+
+
 # -- runs known only to the app's own store (another process's) ------------------------
 
 
@@ -528,6 +596,48 @@ def test_dropping_the_connection_cancels_the_run(server: str, client: Client) ->
     _assert_stream_closed(client, "gated", run_id, me)
 
 
+def test_dropping_a_queued_stream_never_blocks_the_event_loop() -> None:
+    """Cancelling a queued run records its end in the store, which may wait: never on the event loop."""
+    store = BusyStore()
+    workflow = Workflow("queued", steps=[gated], store=store, max_concurrent_runs=1)
+    queued = new_id()
+    store.hold_end.add(queued)
+    with running_server(create_app(workflow)) as url, Client(url) as client:
+        running, me = start_gated(client, "queued")  # takes the only slot
+        client.stream("queued", run_id=queued).close()  # the response has begun; the run waits for a slot
+        assert store.entered.wait(WAIT)  # the cancel is recording the queued run's end, and waits
+        assert [w["id"] for w in client.list_workflows()] == ["queued"]  # the server still answers
+        assert queued not in store.ended
+        store.release.set()
+        me.release.set()
+        assert isinstance(list(client.events("queued", running))[-1], WorkflowCompletedEvent)
+        info = client.get_run("queued", queued)
+    assert info is not None and info.status is RunStatus.cancelled and info.cause == "stream_closed"
+
+
+def test_stopping_the_server_ends_open_streams_cleanly(caplog: pytest.LogCaptureFixture) -> None:
+    """No stream is cut (nor an error logged): each ends with ``stream_interrupted``, which the client raises."""
+    caplog.set_level(logging.WARNING)
+    watched, owned = new_id(), new_id()
+    with running_server(create_app(GATED)) as url:
+        client = Client(url)
+        client.start("gated", run_id=watched)
+        reader = client.events("gated", watched)
+        owner = client.stream("gated", run_id=owned)
+        assert [next(reader).seq, next(owner).seq] == [1, 1]
+        assert probe(owned).inside.wait(WAIT)
+    try:
+        for stream in (reader, owner):
+            with pytest.raises(httpx.RemoteProtocolError, match="interrupted: the server is stopping"):
+                list(stream)
+    finally:
+        client.close()
+        probe(watched).release.set()
+    assert [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING] == []
+    assert probe(owned).cleaned.wait(WAIT)  # the run the stream owned was cancelled (stream_closed)
+    assert not probe(watched).cleaned.is_set()  # the one an /events reader watched was left alone
+
+
 def test_a_stream_read_to_the_end_is_not_cancelled(client: Client) -> None:
     with client.stream("echo", "whole") as stream:
         events = list(stream)
@@ -597,6 +707,24 @@ def test_the_key_can_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("THREADFLOW_API_KEY", "")
     with running_server(create_app(ECHO)) as url:  # empty means no auth
         assert httpx.get(url + "/workflows", timeout=WAIT).status_code == 200
+
+
+async def say_hello(websocket: WebSocket) -> None:
+    await websocket.accept()
+    await websocket.send_text("hello")
+    await websocket.close()
+
+
+def test_with_a_key_a_websocket_without_it_is_closed_with_1008() -> None:
+    app = create_app(ECHO, api_key="s3cret")
+    app.add_api_websocket_route("/ws", say_hello)  # an app's own websocket route is guarded too
+    with TestClient(app) as http:  # the lifespan needs no key
+        for headers in [{}, {"Authorization": "Bearer wrong"}]:
+            with pytest.raises(WebSocketDisconnect) as refused, http.websocket_connect("/ws", headers=headers):
+                pass
+            assert refused.value.code == 1008
+        with http.websocket_connect("/ws", headers={"Authorization": "Bearer s3cret"}) as websocket:
+            assert websocket.receive_text() == "hello"
 
 
 # -- building and serving the app -------------------------------------------------------------
@@ -674,6 +802,16 @@ def test_threadflow_serve_serves_a_module_workflow(tmp_path: pathlib.Path) -> No
         info = store.get_run(stream.run_id)
         assert info is not None and info.status is RunStatus.completed
         assert [e.event for e in store.events(stream.run_id)][-1] == "workflow_completed"
+
+
+def test_threadflow_serve_with_an_unusable_db_exits_1_in_one_line(tmp_path: pathlib.Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"garbage")
+    process = _serve(tmp_path, "--db", str(junk), "serve", "served_module:workflow", "--port", "0")
+    _, err = process.communicate(timeout=WAIT * 3)
+    assert process.returncode == 1, err  # as `threadflow runs` and `threadflow demo` answer for that file
+    assert err.startswith("threadflow serve: ") and str(junk) in err
+    assert len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("target", ["served_module", "served_module:missing", "no_such_module:x", "served_module:echo"])

@@ -7,6 +7,7 @@ error is JSON with a ``detail``.
 from __future__ import annotations
 
 import json
+import pathlib
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from threadflow import Workflow
 from threadflow.events import WorkflowCompletedEvent, parse_event
 from threadflow.server import create_app, running_server
+from threadflow.storage import SqliteStore
 
 
 def echo(step_input: Any) -> Any:
@@ -42,6 +44,15 @@ json_bodies = st.dictionaries(field_names, json_values, max_size=4).map(lambda d
 escaped_bodies = st.dictionaries(field_names, st.text(max_size=10), max_size=3).map(lambda d: json.dumps(d).encode())
 raw_bodies = st.binary(max_size=200) | json_bodies | escaped_bodies | json_values.map(lambda v: json.dumps(v).encode())
 path_ids = text.map(lambda s: quote(s, safe=""))
+# Seqs are SQLite integers (at most 2**63 - 1); the edges, and integers of any size.
+MAX_SEQ = 2**63 - 1
+seqs = (
+    st.integers(min_value=-2, max_value=8)
+    | st.integers(min_value=MAX_SEQ - 2, max_value=MAX_SEQ + 2)
+    | st.integers(min_value=MAX_SEQ, max_value=10**60)
+    | st.integers()
+)
+seq_texts = seqs.map(str) | text
 
 DOCUMENTED = {200, 202, 404, 405, 409, 422}
 
@@ -70,8 +81,38 @@ def test_cancel_bodies_never_500(http: httpx.Client, body: bytes) -> None:
     check(http.post("/workflows/fuzz-echo/runs/some-run/cancel", content=body))
 
 
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, str]]:
+    """A client of an app whose workflow keeps its runs in SQLite, and a finished run served from there."""
+    path = pathlib.Path(tmp_path_factory.mktemp("fuzz")) / "runs.db"
+    with SqliteStore(path) as store:
+        workflow = Workflow("fuzz-stored", steps=[echo], store=store)
+        run_id = workflow.run("x").run_id  # not started through the app: /events reads the store
+        with running_server(create_app(workflow)) as url, httpx.Client(base_url=url, timeout=10.0) as client:
+            yield client, run_id
+
+
 @FUZZ
-@given(workflow_id=path_ids, run_id=path_ids, after_seq=text)
+@given(after_seq=st.none() | seqs, last_event_id=st.none() | seqs)
+def test_seqs_of_any_size_are_a_stream_or_a_422(
+    stored: tuple[httpx.Client, str], after_seq: int | None, last_event_id: int | None
+) -> None:
+    http, run_id = stored
+    params = {} if after_seq is None else {"after_seq": str(after_seq)}
+    headers = {} if last_event_id is None else {"Last-Event-ID": str(last_event_id)}
+    response = http.get(f"/workflows/fuzz-stored/runs/{run_id}/events", params=params, headers=headers)
+    check(response)
+    given_seqs = [seq for seq in (after_seq, last_event_id) if seq is not None]
+    if all(0 <= seq <= MAX_SEQ for seq in given_seqs):
+        assert response.status_code == 200
+        events = [parse_event(line[6:]) for line in response.text.split("\n") if line.startswith("data: ")]
+        assert [e.seq for e in events] == [seq for seq in range(1, 5) if seq > max(given_seqs, default=0)]
+    else:
+        assert response.status_code == 422
+
+
+@FUZZ
+@given(workflow_id=path_ids, run_id=path_ids, after_seq=seq_texts)
 def test_path_ids_and_queries_never_500(http: httpx.Client, workflow_id: str, run_id: str, after_seq: str) -> None:
     run = f"/workflows/{workflow_id}/runs/{run_id}"
     check(http.get(run))

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from threadflow import CancellationError, Workflow, get_context
@@ -130,3 +131,32 @@ def test_cleanup_is_recorded_when_a_run_is_cancelled_here(client: Client, store:
         terminal = list(mine.events("parked", "sq-closed"))[-1]
     assert isinstance(terminal, WorkflowCancelledEvent) and terminal.cause == "stream_closed"
     assert client.get_run("parked", "sq-closed").cause == "stream_closed"  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def finished(store: SqliteStore) -> str:
+    """A finished run of ``parked`` that the app did not start: its events come from the store."""
+    done = Workflow("parked", steps=[lambda step_input: "ok"], store=store).run(None, run_id="sq-finished")
+    assert done.completed
+    return done.run_id
+
+
+@pytest.mark.parametrize(
+    ("params", "headers", "where"),
+    [
+        ({"after_seq": str(2**63)}, {}, ["query", "after_seq"]),
+        ({"after_seq": str(10**30)}, {}, ["query", "after_seq"]),
+        ({"after_seq": "1" + "0" * 5000}, {}, ["query", "after_seq"]),
+        ({}, {"Last-Event-ID": str(2**64)}, ["header", "last-event-id"]),
+    ],
+)
+def test_a_seq_beyond_what_the_store_can_hold_is_422(
+    client: Client, finished: str, params: dict[str, str], headers: dict[str, str], where: list[str]
+) -> None:
+    """Seqs are SQLite integers: a bigger one is a 422 naming it, not a stream that breaks off."""
+    url = f"{client.base_url}/workflows/parked/runs/{finished}/events"
+    response = httpx.get(url, params=params, headers=headers, timeout=WAIT)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == where
+    largest = httpx.get(url, params={"after_seq": str(2**63 - 1)}, timeout=WAIT)
+    assert (largest.status_code, largest.text) == (200, "")  # the largest seq is fine: nothing after it

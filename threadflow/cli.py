@@ -69,6 +69,8 @@ def _add_optional_commands(commands: argparse._SubParsersAction[argparse.Argumen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ._cli_runs import EXIT_INTERRUPTED
+
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -79,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as error:  # a bad --db / $THREADFLOW_DB: one line, not a traceback
         print(f"threadflow: {error}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except KeyboardInterrupt:  # Ctrl+C: the commands have cleaned up on the way out; no traceback
+        return EXIT_INTERRUPTED
     return code
 
 
@@ -104,14 +108,25 @@ def _demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if not args.no_cancel:
         canceller.start()
     landed_at = None
-    with stream:
-        for event in stream:
-            if isinstance(event, StepStartedEvent):
-                print(f"\n\n── {event.step_name} ──", file=out)
-            elif isinstance(event, RunContentEvent):
-                print(event.content, end="", file=out, flush=True)
-            elif isinstance(event, WorkflowCancelledEvent):
-                landed_at = time.perf_counter()
+    try:
+        with stream:  # however the loop is left, the run ends: leaving early cancels it (stream_closed)
+            for event in stream:
+                if isinstance(event, StepStartedEvent):
+                    print(f"\n\n── {event.step_name} ──", file=out)
+                elif isinstance(event, RunContentEvent):
+                    print(event.content, end="", file=out, flush=True)
+                elif isinstance(event, WorkflowCancelledEvent):
+                    landed_at = time.perf_counter()
+    except KeyboardInterrupt:  # Ctrl+C: the run has been recorded; say how it ended, exit 130 quietly
+        from ._cli_runs import EXIT_INTERRUPTED
+
+        stop.set()
+        output = stream.output
+        if output is not None:
+            _print_summary(output, asked_at, landed_at, out)
+            if output.error_type is not None:  # Ctrl+C landed in the step's own code
+                print(f"error:   {output.error_type}", file=out)
+        return EXIT_INTERRUPTED
     stop.set()
     _print_summary(stream.output, asked_at, landed_at, out)
     return EXIT_OK

@@ -14,11 +14,14 @@ carries the server's ``detail``), except where a method documents another
 answer — ``get_run`` gives ``None`` for an unknown run, ``cancel_run`` gives
 ``False`` for an unknown or finished run, and starting a run with an id that
 is still active raises ``DuplicateRunError``. Transport failures raise
-``httpx.TransportError``.
+``httpx.TransportError`` — as does a stream that the server ends before its
+run has ended because it is stopping (``httpx.RemoteProtocolError`` naming the
+last ``seq`` received, to resume from with ``Client.events``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import weakref
@@ -40,13 +43,16 @@ _RUN_ID_HEADER = "x-threadflow-run-id"
 # The server sends a keep-alive comment every 15 s, so a minute of silence means a dead connection.
 _STREAM_READ_TIMEOUT = 60.0
 _LINE_BREAK = re.compile(rb"\r\n|\r|\n")
+_INTERRUPTED = b"stream_interrupted"  # the SSE event type of a stopping server's last message
 
 
 class EventStream:
     """The events of one run, read from a server-sent-event response as you iterate.
 
     ``run_id`` is known at once. Iteration ends after the run's terminal
-    event. ``close()`` — or the ``with`` block's end, or dropping the stream —
+    event (or where the server's answer ends: after an ``after_seq`` past the
+    end, nothing); ``httpx.TransportError`` if the connection breaks or the
+    server stops first. ``close()`` — or the ``with`` block's end, or dropping the stream —
     closes the connection; for a stream that started the run
     (``Client.stream``) that cancels the run, cause ``stream_closed``.
     """
@@ -54,7 +60,7 @@ class EventStream:
     def __init__(self, response: httpx.Response, run_id: str) -> None:
         self.run_id = run_id
         self._response = response
-        self._events = _parse_sse(response)
+        self._events = _parse_sse(response, run_id)
         weakref.finalize(self, response.close)
 
     def __iter__(self) -> Iterator[Event]:
@@ -79,22 +85,44 @@ class EventStream:
         return f"<EventStream {self.run_id}>"
 
 
-def _parse_sse(response: httpx.Response) -> Generator[Event, None, None]:
-    """The events in ``data:`` fields, one per SSE message; ends at the terminal event or the end of the body."""
+def _parse_sse(response: httpx.Response, run_id: str) -> Generator[Event, None, None]:
+    """The events in ``data:`` fields, one per SSE message; ends at the terminal event or the end of the body.
+
+    A ``stream_interrupted`` message (the server is stopping) raises ``httpx.RemoteProtocolError``.
+    """
     data: list[bytes] = []
+    kind = b""
+    last_seq = 0
     try:
         for line in _sse_lines(response.iter_bytes()):
             if line.startswith(b"data:"):
                 data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-            elif not line and data:
-                event = parse_event(data[0] if len(data) == 1 else b"\n".join(data))
-                data.clear()
-                yield event
-                if event.terminal:
-                    return
-            # comments (keep-alives), "id:", "event:" and "retry:" carry nothing the event does not
+            elif not line:
+                if kind == _INTERRUPTED:
+                    raise _interrupted(response, run_id, b"\n".join(data), last_seq)
+                if data:
+                    event = parse_event(data[0] if len(data) == 1 else b"\n".join(data))
+                    data.clear()
+                    last_seq = event.seq
+                    yield event
+                    if event.terminal:
+                        return
+                kind = b""
+            elif line.startswith(b"event:"):
+                kind = line[6:].strip()
+            # comments (keep-alives), "id:" and "retry:" carry nothing the event does not
     finally:
         response.close()
+
+
+def _interrupted(response: httpx.Response, run_id: str, data: bytes, last_seq: int) -> httpx.RemoteProtocolError:
+    try:
+        detail = json.loads(data)["detail"]
+    except (ValueError, TypeError, KeyError):
+        detail = data.decode(errors="replace")
+    received = f"last seq received: {last_seq}" if last_seq else "no event received"
+    message = f"the stream of run {run_id!r} was interrupted: {detail} ({received})"
+    return httpx.RemoteProtocolError(message, request=response.request)
 
 
 def _sse_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:

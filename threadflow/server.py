@@ -26,14 +26,21 @@ Where ``/events`` finds a run's events: the runs this app started (every
 active one, and the ``keep_finished_runs`` most recent finished ones) are
 followed from their own event log; other runs are replayed — and followed,
 polling — from a store that records events (the workflow's, or the one given
-to ``create_app``). A run whose events are kept nowhere is a 404.
+to ``create_app``), until the store's own record of the run is terminal. A
+run whose events are kept nowhere is a 404.
+
+When the server stops (``running_server``, ``threadflow serve``, or any
+uvicorn whose shutdown sse-starlette sees) an open stream ends cleanly with
+one last message, ``event: stream_interrupted`` with ``data: {"detail": ...}``,
+instead of being cut: the client can tell that the run has not ended, and
+resume from the last ``id:``. The route handlers never block the event loop:
+whatever may touch a store (a cancel included) runs on a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import importlib
 import inspect
 import json
@@ -43,10 +50,13 @@ import secrets
 import socket
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
+import anyio
+import anyio.to_thread
 import uvicorn
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -61,7 +71,7 @@ from . import CancelCause, DuplicateRunError, RunHandle, RunInfo, RunStatus, Wor
 from .events import BaseEvent
 from .handles import EventLog
 from .registry import REGISTRY, RunState
-from .storage import RunStore
+from .storage import RunStore, StoreError
 from .storage._defaults import DB_ENV, default_store
 
 __all__ = [
@@ -81,6 +91,8 @@ RUN_ID_HEADER = "X-Threadflow-Run-Id"
 
 _MAX_INPUT_DEPTH = 100  # deeper JSON cannot make the round trip through an event's JSON
 _STORE_POLL_SECONDS = 0.05
+_SHUTDOWN_GRACE_SECONDS = 1.0  # under uvicorn's graceful-shutdown timeout (2 s here, 5 s for `threadflow serve`)
+_MAX_SEQ = 2**63 - 1  # seq numbers are SQLite integers
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
 
@@ -202,10 +214,24 @@ def _sse_message(event: BaseEvent) -> str:
 
 
 async def _sse(batches: AsyncIterator[list[BaseEvent]]) -> AsyncIterator[bytes]:
-    """One SSE chunk per batch of events, so a fast run costs one send per batch, not per event."""
+    """One SSE chunk per batch of events, so a fast run costs one send per batch, not per event.
+
+    A feed stopped by the server's shutdown ends with one ``stream_interrupted`` message.
+    """
     async with contextlib.aclosing(batches):  # type: ignore[type-var]  # async generators have aclose()
-        async for batch in batches:
-            yield "".join(map(_sse_message, batch)).encode()
+        try:
+            async for batch in batches:
+                yield "".join(map(_sse_message, batch)).encode()
+        except _Stopped:
+            yield _INTERRUPTED
+
+
+class _Stopped(Exception):
+    """Raised by a feed whose server is stopping before its run has ended."""
+
+
+_INTERRUPTED_DETAIL = "the server is stopping before the run has ended; ask again (after_seq, Last-Event-ID) to resume"
+_INTERRUPTED = f"event: stream_interrupted\ndata: {json.dumps({'detail': _INTERRUPTED_DETAIL})}\n\n".encode()
 
 
 class _EventStreamResponse(EventSourceResponse):
@@ -214,32 +240,64 @@ class _EventStreamResponse(EventSourceResponse):
     "However it ends" covers the client disconnecting (sse-starlette sees the
     ``http.disconnect`` at once and cancels the stream), a failed send, and the
     server stopping; a run that reached its terminal event is not affected.
+    A stopping server ends the feed cleanly (``stream_interrupted``) rather than cutting it.
     """
 
-    def __init__(self, content: AsyncIterator[bytes], *, owns: RunState | None, headers: dict[str, str]) -> None:
-        super().__init__(content, headers=headers, sep="\n")
+    def __init__(
+        self,
+        batches: AsyncIterator[list[BaseEvent]],
+        wakeup: _Wakeup,
+        *,
+        owns: RunState | None,
+        headers: dict[str, str],
+    ) -> None:
+        self._wakeup = wakeup
         self._owned = owns
+        # sse-starlette sets this when it sees uvicorn stop (the process's signal handler), then
+        # waits up to the grace period for the feed to end before it cuts the stream.
+        self._shutdown = anyio.Event()
+        super().__init__(
+            _sse(batches),
+            headers=headers,
+            sep="\n",
+            shutdown_event=self._shutdown,
+            shutdown_grace_period=_SHUTDOWN_GRACE_SECONDS,
+            data_sender_callable=self._stop_on_shutdown,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        _OPEN_FEEDS.add(self._wakeup)
         try:
             await super().__call__(scope, receive, send)
         finally:
-            if self._owned is not None:
-                # Synchronous on purpose: it only records the request and runs the
-                # run's on_cancel callbacks, which must be quick (SPEC §3.7).
-                REGISTRY.cancel(self._owned, None, CancelCause.stream_closed)
+            _OPEN_FEEDS.discard(self._wakeup)
+            owned = self._owned
+            if owned is not None and not owned.status.is_terminal:  # unlocked read: cancel() decides
+                # Off the loop: the run's on_cancel callbacks may record its end in a store
+                # (a queued run's), which can wait for a busy database. Shielded, so that the
+                # cancel still happens when this request is itself being cancelled.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(REGISTRY.cancel, owned, None, CancelCause.stream_closed)
+
+    async def _stop_on_shutdown(self) -> None:
+        await self._shutdown.wait()
+        self._wakeup.stop()
 
 
 # -- following events without blocking the event loop ---------------------------
 
 
 class _Wakeup:
-    """Wakes one asyncio task from any thread; wake-ups coalesce until the task has looked."""
+    """Wakes one asyncio task from any thread; wake-ups coalesce until the task has looked.
+
+    ``stop()`` (on the loop) also wakes it, for good: the server is stopping.
+    """
 
     def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
         self._scheduled = False
+        self.stopping = False
 
     def __call__(self) -> None:
         # Unlocked on purpose: a race costs at most a spurious wake-up, never a lost
@@ -247,20 +305,59 @@ class _Wakeup:
         if not self._scheduled:  # one call_soon_threadsafe per look, not per event
             self._scheduled = True
             with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
-                self._loop.call_soon_threadsafe(self._event.set)
+                self.loop.call_soon_threadsafe(self._event.set)
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._event.set()
 
     def reset(self) -> None:
         """Call before looking; a wake-up from then on is not lost."""
         self._scheduled = False
-        self._event.clear()
+        if not self.stopping:
+            self._event.clear()
 
     async def wait(self) -> None:
         await self._event.wait()
 
 
-async def _follow_log(log: EventLog, after_seq: int) -> AsyncIterator[list[BaseEvent]]:
-    """Batches of the run's events after ``after_seq``: what was logged, then live ones, to the end."""
-    wakeup = _Wakeup()
+class _OpenFeeds:
+    """The SSE feeds open on each event loop, so that a server that starts to stop can end them cleanly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one loop per server thread; several servers may run at once
+        self._open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[_Wakeup]] = weakref.WeakKeyDictionary()
+        self._stopping: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+    def add(self, wakeup: _Wakeup) -> None:
+        with self._lock:
+            stopping = wakeup.loop in self._stopping
+            if not stopping:
+                self._open.setdefault(wakeup.loop, set()).add(wakeup)
+        if stopping:  # a stream that starts while its server stops ends at once
+            wakeup.stop()
+
+    def discard(self, wakeup: _Wakeup) -> None:
+        with self._lock:
+            self._open.get(wakeup.loop, set()).discard(wakeup)
+
+    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End every feed on ``loop``, now and from now on; call on ``loop``."""
+        with self._lock:
+            self._stopping.add(loop)
+            wakeups = self._open.pop(loop, set())
+        for wakeup in wakeups:
+            wakeup.stop()
+
+
+_OPEN_FEEDS = _OpenFeeds()
+
+
+async def _follow_log(log: EventLog, after_seq: int, wakeup: _Wakeup) -> AsyncIterator[list[BaseEvent]]:
+    """Batches of the run's events after ``after_seq``: what was logged, then live ones, to the end.
+
+    Raises ``_Stopped`` if ``wakeup`` is stopped first.
+    """
     log.add_listener(wakeup)
     try:
         cursor = after_seq
@@ -271,35 +368,63 @@ async def _follow_log(log: EventLog, after_seq: int) -> AsyncIterator[list[BaseE
             if batch:
                 cursor += len(batch)
                 yield batch
+                if batch[-1].terminal:
+                    return
             elif done:
                 return
-            else:
+            if wakeup.stopping:
+                raise _Stopped
+            if not batch:
                 await wakeup.wait()
     finally:
         log.remove_listener(wakeup)
 
 
-async def _poll_store(
-    store: RunStore, run_id: str, after_seq: int, record: Callable[[], RunInfo | None]
-) -> AsyncIterator[list[BaseEvent]]:
-    """Replay the run's stored events after ``after_seq``, then poll for more until its end.
+async def _poll_store(store: RunStore, run_id: str, after_seq: int, wakeup: _Wakeup) -> AsyncIterator[list[BaseEvent]]:
+    """Replay the run's stored events after ``after_seq``, then poll for more until the store has its end.
 
-    ``record()`` answers the run's status (the registry's while it is active here).
+    Ends after the terminal event, or after a last read once the store's own
+    record of the run is terminal; raises ``_Stopped`` if ``wakeup`` is stopped first.
     """
     cursor = after_seq
     while True:
-        # The record first: once it is terminal, the store holds every event (RunStore.run_ended).
-        info = await run_in_threadpool(record)
-        batch: list[BaseEvent] = list(await run_in_threadpool(store.events, run_id, cursor))
+        final, batch = await run_in_threadpool(_read_store, store, run_id, cursor)
         if batch:
             cursor = batch[-1].seq
             yield batch
             if batch[-1].terminal:
                 return
-        if info is None or info.status.is_terminal:
+        if final:
             return
+        if wakeup.stopping:
+            raise _Stopped
         if not batch:
-            await asyncio.sleep(_STORE_POLL_SECONDS)
+            with anyio.move_on_after(_STORE_POLL_SECONDS):
+                await wakeup.wait()
+
+
+def _read_store(store: RunStore, run_id: str, cursor: int) -> tuple[bool, list[BaseEvent]]:
+    """The run's stored events after ``cursor``, and whether no more will come (read first)."""
+    final = _ended_in(store, run_id)
+    return final, list(store.events(run_id, cursor))
+
+
+def _ended_in(store: RunStore, run_id: str) -> bool:
+    """Whether ``store`` holds all of the run's events: its own record of the run is terminal.
+
+    Not the registry's record: that turns terminal before the terminal event is
+    stored, and only the store's ``run_ended`` says every event is in
+    (``RunStore.run_ended``). A store that records only ended runs answers None
+    while the run is active here; a run known nowhere has nothing more to come.
+    """
+    info = store.get_run(run_id)
+    if info is None:
+        if REGISTRY.get(run_id) is not None:
+            return False
+        info = store.get_run(run_id)  # it may have ended meanwhile: run_ended comes before leaving the registry
+        if info is None:
+            return True
+    return info.status.is_terminal
 
 
 class _RecentRuns:
@@ -345,7 +470,7 @@ class _Api:
         app.add_api_route(f"{run}/events", self.run_events, methods=["GET"])
         app.add_api_route(f"{run}/cancel", self.cancel_run, methods=["POST"], openapi_extra=cancel_body)
 
-    def list_workflows(self) -> Response:
+    async def list_workflows(self) -> Response:
         """The served workflows: ``[{id, name, description, steps}]``."""
         return _JSONResponse([_describe(route_id, wf) for route_id, wf in self.workflows.items()])
 
@@ -363,12 +488,16 @@ class _Api:
         location = f"/workflows/{quote(workflow_id, safe='')}/runs/{quote(handle.run_id, safe='')}"
         headers = {RUN_ID_HEADER: quote(handle.run_id, safe=""), "Location": location}
         if body.stream:
-            return _EventStreamResponse(_sse(_follow_log(handle.log, 0)), owns=handle.state, headers=headers)
+            wakeup = _Wakeup()
+            return _EventStreamResponse(_follow_log(handle.log, 0, wakeup), wakeup, owns=handle.state, headers=headers)
         started = {"run_id": handle.run_id, "workflow_id": handle.workflow_id, "status": handle.status.value}
         return _JSONResponse(started, status_code=202, headers=headers)
 
     def get_run(self, workflow_id: str, run_id: str) -> Response:
-        """The run's record: 200 ``RunInfo`` JSON, or 404."""
+        """The run's record: 200 ``RunInfo`` JSON, or 404.
+
+        A plain function, so that FastAPI calls it on a worker thread: it may read a store.
+        """
         workflow = self.workflows.get(workflow_id)
         if workflow is None:
             return _no_workflow(workflow_id)
@@ -381,8 +510,8 @@ class _Api:
         self,
         workflow_id: str,
         run_id: str,
-        after_seq: Annotated[int, Query(ge=0)] = 0,
-        last_event_id: Annotated[int | None, Header(ge=0)] = None,
+        after_seq: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
+        last_event_id: Annotated[int | None, Header(ge=0, le=_MAX_SEQ)] = None,
     ) -> Response:
         """SSE: the run's events after ``after_seq`` (or ``Last-Event-ID``), then live ones to the end; 404."""
         workflow = self.workflows.get(workflow_id)
@@ -391,14 +520,15 @@ class _Api:
         after_seq = max(after_seq, last_event_id or 0)
         handle = self.recent.get(workflow, run_id)
         if handle is not None:
-            return _EventStreamResponse(_sse(_follow_log(handle.log, after_seq)), owns=None, headers={})
+            wakeup = _Wakeup()
+            return _EventStreamResponse(_follow_log(handle.log, after_seq, wakeup), wakeup, owns=None, headers={})
         store, info = await run_in_threadpool(self._event_store, workflow, run_id)
         if store is None:
             if info is None:
                 return _no_run(workflow_id, run_id)
             return _error(404, f"the events of run {run_id!r} are not kept here: {_NOT_KEPT}")
-        record = functools.partial(self._lookup, workflow, run_id)
-        return _EventStreamResponse(_sse(_poll_store(store, run_id, after_seq, record)), owns=None, headers={})
+        wakeup = _Wakeup()
+        return _EventStreamResponse(_poll_store(store, run_id, after_seq, wakeup), wakeup, owns=None, headers={})
 
     async def cancel_run(self, workflow_id: str, run_id: str, request: Request) -> Response:
         """Cancel: 200 ``{run_id, status}`` (``cancelling``, or how it ended), 404 unknown, 409 already ended."""
@@ -486,19 +616,29 @@ def _body_doc(model: type[BaseModel], *, required: bool) -> dict[str, Any]:
 
 
 class _BearerAuth:
-    """ASGI middleware: each HTTP request needs ``Authorization: Bearer <key>``, compared in constant time."""
+    """ASGI middleware: each request needs ``Authorization: Bearer <key>``, compared in constant time.
+
+    An HTTP request without it is answered 401; a websocket is closed before it
+    is accepted, with code 1008 (policy violation). Only lifespan messages,
+    which carry no headers, pass unchecked; any other kind of scope is refused.
+    """
 
     def __init__(self, app: ASGIApp, *, api_key: str) -> None:
         self.app = app
         self._key = api_key.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self._authorized(scope):  # lifespan messages carry no headers
+        kind = scope["type"]
+        if kind == "lifespan" or (kind in {"http", "websocket"} and self._authorized(scope)):
             await self.app(scope, receive, send)
-            return
-        detail = "missing or wrong API key: send 'Authorization: Bearer <key>'"
-        response = _JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        await response(scope, receive, send)
+        elif kind == "http":
+            detail = "missing or wrong API key: send 'Authorization: Bearer <key>'"
+            response = _JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong API key"})
+        else:
+            raise RuntimeError(f"threadflow's API key check does not know ASGI scopes of type {kind!r}")
 
     def _authorized(self, scope: Scope) -> bool:
         for name, value in scope["headers"]:
@@ -567,7 +707,11 @@ def create_app(
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, telling a waiting thread when it has started (or failed to)."""
+    """uvicorn's server, telling a waiting thread when it has started (or failed to).
+
+    When it starts to stop, it ends the open SSE streams cleanly (``stream_interrupted``)
+    rather than waiting out its graceful timeout and then cutting them.
+    """
 
     def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
@@ -578,6 +722,10 @@ class _Server(uvicorn.Server):
             await super().startup(sockets)
         finally:
             self.ready.set()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        _OPEN_FEEDS.stop(asyncio.get_running_loop())
+        await super().shutdown(sockets)
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -667,13 +815,17 @@ def serve_target(
     ``db`` sets ``$THREADFLOW_DB`` before the import, so workflows built at
     import time keep their runs there, and the app answers for every run
     recorded in it (runs of other processes included). Returns the exit code: 0 after a
-    clean stop, 2 when the target cannot be loaded or served.
+    clean stop, 1 when the run history (``db`` or ``$THREADFLOW_DB``) cannot be used
+    (as for ``threadflow runs``), 2 when the target cannot be loaded or served.
     """
     if db:
         os.environ[DB_ENV] = db
     try:
         store = default_store() if db else None  # the one SqliteStore for that path, shared with the workflows
         app = _app_for(_load_target(target), api_key, store)
+    except StoreError as error:  # a bad run history, from --db or from a workflow the import built
+        print(f"threadflow serve: {error}", file=sys.stderr)
+        return 1
     except Exception as error:  # noqa: BLE001 — any failure to load the user's target is a usage error
         print(f"threadflow serve: cannot serve {target!r}: {type(error).__name__}: {error}", file=sys.stderr)
         return 2
@@ -685,7 +837,7 @@ def serve_target(
         return 2
     print(f"threadflow: serving {target} on {_url(host, sock.getsockname()[1])}", flush=True)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        _Server(config).run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn shuts down gracefully on Ctrl+C, then re-raises it
         pass
     return 0
