@@ -216,6 +216,48 @@ def test_a_newer_schema_is_an_error_and_is_not_changed(tmp_path: Path) -> None:
     assert digest(path) == before
 
 
+def test_a_schema_version_below_one_is_an_error_and_is_not_changed(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute("CREATE TABLE runs (x)")
+    conn.execute("INSERT INTO meta VALUES ('schema_version', '0')")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    assert "unknown schema version 0" in fails(1, "--db", str(path), "runs", "list")
+    assert digest(path) == before
+
+
+def test_another_programs_database_holding_only_a_view_is_not_changed(tmp_path: Path) -> None:
+    path = tmp_path / "theirs.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE VIEW v AS SELECT 1 AS one")
+    conn.commit()
+    conn.close()
+    before = digest(path)
+    assert "no threadflow tables" in fails(1, "--db", str(path), "demo", "--no-cancel")
+    assert "no threadflow tables" in fails(1, "--db", str(path), "runs", "list")
+    assert digest(path) == before
+
+
+# -- text that is not UTF-8 ---------------------------------------------------------------
+
+
+def test_a_token_with_a_lone_surrogate_is_printed_as_json(tmp_path: Path) -> None:
+    path = tmp_path / "runs.db"
+
+    def odd(step_input: StepInput) -> Iterator[str]:
+        yield from ("ok ", "bad \ud800 token")
+
+    with SqliteStore(path) as store:
+        run_id = Workflow("odd", steps=[odd], store=store).run().run_id
+        events = list(store.events(run_id))
+    lines = ok("--db", str(path), "runs", "logs", run_id, "--json").splitlines()
+    assert [parse_event(json.loads(line)) for line in lines] == events
+    assert "'bad \\ud800 token'" in ok("--db", str(path), "runs", "logs", run_id)
+
+
 # -- the demo ---------------------------------------------------------------------------
 
 
@@ -302,6 +344,17 @@ def test_logs_follow_ends_at_the_terminal_event(long_run: tuple[subprocess.Popen
     events = check_run_events([first, *rest])
     assert isinstance(events[-1], WorkflowCancelledEvent)
     assert child.wait(TIMEOUT) == 0
+
+
+def test_runs_cancel_with_an_undecodable_reason(long_run: tuple[subprocess.Popen[str], str, str]) -> None:
+    child, db, run_id = long_run
+    out = ok("--db", db, "runs", "cancel", run_id, "--reason", os.fsdecode(b"stop \xff"))  # how argv decodes it
+    assert out.strip() == f"cancelling run {run_id} (stop ?)"
+    assert child.stdout is not None
+    terminal = parse_event(child.stdout.readline())
+    assert isinstance(terminal, WorkflowCancelledEvent) and terminal.reason == "stop ?"
+    assert child.wait(TIMEOUT) == 0
+    assert json.loads(ok("--db", db, "runs", "status", run_id, "--json"))["reason"] == "stop ?"
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")

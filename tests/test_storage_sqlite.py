@@ -3,7 +3,9 @@ abandoned runs, the cancel watcher and concurrency (SPEC §5, §6; issue 4)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import logging
 import os
 import socket
 import sqlite3
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,9 +30,11 @@ from threadflow.events import (
     WorkflowStartedEvent,
 )
 from threadflow.storage import SqliteStore, StoreError
+from threadflow.storage._eventlog import decode_chunk
 from threadflow.storage._process import (
     Nudge,
     RunOwner,
+    _inbox_address,
     nudge,
     open_inbox,
     owner_alive,
@@ -37,7 +42,7 @@ from threadflow.storage._process import (
     this_process,
     wait_for_nudge,
 )
-from threadflow.storage.sqlite import _WATCHER, OWNER_EXITED, SCHEMA_VERSION
+from threadflow.storage.sqlite import _WATCHER, OWNER_EXITED, SCHEMA_VERSION, _record_abandoned, _transaction
 from threadflow.testing import check_run_events, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaked_runs")
@@ -57,6 +62,11 @@ def store(db: Path) -> Iterator[SqliteStore]:
 def within(predicate: Any, seconds: float = 10.0) -> None:
     """Assert that ``predicate()`` becomes true within ``seconds``."""
     assert wait_until(predicate, timeout=seconds), f"still false after {seconds}s"
+
+
+def inbox_address(owner: RunOwner) -> str:
+    """Where the owner's cancel watcher listens (Linux)."""
+    return _inbox_address(owner.pid, owner.inbox)
 
 
 def digest(path: Path) -> str:
@@ -200,14 +210,30 @@ def test_the_file_is_wal_with_a_schema_version(store: SqliteStore, db: Path) -> 
         conn.close()
 
 
-def test_a_finished_run_id_can_be_reused(store: SqliteStore) -> None:
-    workflow = Workflow("again", steps=[streaming("one")], store=store)
-    workflow.run(run_id="same")
-    second = Workflow("again", steps=[streaming("two", "three")], store=store)
-    second.run(run_id="same")
-    contents = [event.content for event in store.events("same") if isinstance(event, RunContentEvent)]
+def test_a_finished_run_id_can_be_reused_and_the_earlier_run_is_kept(store: SqliteStore, db: Path) -> None:
+    def fail(step_input: StepInput) -> str:
+        raise RuntimeError("monday's failure")
+
+    with pytest.raises(threadflow.WorkflowError):
+        Workflow("a", steps=[fail], store=store).run(run_id="nightly")
+    first_events = store.events("nightly")
+    second = Workflow("b", steps=[streaming("two", "three")], store=store).run(run_id="nightly")
+    info = store.get_run("nightly")  # the newest run with that id answers lookups
+    assert info is not None and (info.workflow_id, info.status) == ("b", RunStatus.completed)
+    contents = [event.content for event in store.events("nightly") if isinstance(event, RunContentEvent)]
     assert contents == ["two", "three"]
-    assert [info.run_id for info in store.list_runs()] == ["same"]
+    assert [(run.run_id, run.workflow_id, run.status) for run in store.list_runs()] == [
+        ("nightly", "b", RunStatus.completed),
+        ("nightly", "a", RunStatus.error),
+    ]
+    conn = sqlite3.connect(db)  # the earlier run's whole log is still in the file
+    try:
+        keys = [key for (key,) in conn.execute("SELECT run_key FROM runs WHERE run_id = 'nightly' ORDER BY run_key")]
+        rows = conn.execute("SELECT first_seq, data, header, times FROM events WHERE run_key = ?", (keys[0],))
+        assert [event for row in rows for event in decode_chunk(*row)] == first_events
+    finally:
+        conn.close()
+    assert len(first_events) == 3 and second.status is RunStatus.completed
 
 
 def test_close_is_idempotent_and_the_store_can_be_used_again(store: SqliteStore) -> None:
@@ -286,7 +312,7 @@ def test_an_exited_owner_is_dead_even_before_it_is_collected() -> None:
         pytest.skip("start identities come from /proc")
     with subprocess.Popen([sys.executable, "-c", "input()"], stdin=subprocess.PIPE) as child:
         try:
-            owner = RunOwner(socket.gethostname(), child.pid, start_identity(child.pid) or "")
+            owner = this_process()._replace(pid=child.pid, start=start_identity(child.pid) or "")
             assert owner.start and owner_alive(owner)
             child.kill()
             within(lambda: start_identity(child.pid) is None)  # a zombie until it is wait()ed for
@@ -301,19 +327,31 @@ def test_an_exited_owner_is_dead_even_before_it_is_collected() -> None:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
 def test_a_nudge_carries_the_request_and_garbage_is_ignored() -> None:
     within(lambda: not _WATCHER.running)  # it would own this process's inbox (it stops once runs have ended)
-    inbox = open_inbox()
-    assert inbox is not None
+    opened = open_inbox()
+    assert opened is not None
+    inbox, token = opened
+    me = this_process()._replace(inbox=token)
     try:
         request = Nudge(7, "run-1", "a reason")
-        nudge(this_process(), request)
+        nudge(me, request)
         assert wait_for_nudge(inbox, 5.0) == request
+        garbage = [
+            b"not json",
+            b'["7", 8, 9]',
+            b"1",
+            b"[1, 2]",
+            b'{"a": 1}',
+            b"\xff\xfe",
+            b"[" * 50_000,
+            b"[true, 1, null]",  # a bool is not a request id
+        ]
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-            sender.sendto(b"not json", inbox.getsockname())
-            sender.sendto(b'["7", 8, 9]', inbox.getsockname())
-        assert wait_for_nudge(inbox, 5.0) is None
-        assert wait_for_nudge(inbox, 5.0) is None
+            for datagram in garbage:
+                sender.sendto(datagram, inbox.getsockname())
+        assert [wait_for_nudge(inbox, 5.0) for _ in garbage] == [None] * len(garbage)
         assert wait_for_nudge(inbox, 0.01) is None  # nothing left: the timeout
-        nudge(RunOwner("another-host", os.getpid(), this_process().start), request)  # not sent across hosts
+        nudge(me._replace(host="another-host"), request)  # not sent across hosts
+        nudge(me._replace(inbox=""), request)  # nor to an owner that records no inbox
         assert wait_for_nudge(inbox, 0.01) is None
     finally:
         inbox.close()
@@ -323,9 +361,11 @@ def test_a_nudge_about_a_run_that_is_not_ours_changes_nothing(store: SqliteStore
     parked = Parked()
     handle = Workflow("watched", steps=[Step("parked", executor=parked)], store=store).run(background=True)
     assert parked.reached.wait(10)
-    nudge(this_process(), Nudge(12345, "not-a-run-here", "wrong run"))
+    owner = store.owner(handle.run_id)
+    assert owner is not None
+    nudge(owner, Nudge(12345, "not-a-run-here", "wrong run"))
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
-        sender.sendto(b"garbage", f"\0threadflow-cancel-{os.getpid()}-{this_process().start}")
+        sender.sendto(b"garbage", inbox_address(owner))
     request = ask_as_another_process(db, handle.run_id, "the real one")
     assert handle.wait(10)
     info = store.get_run(handle.run_id)
@@ -399,7 +439,7 @@ def read_together(reader: SqliteStore, barrier: threading.Barrier) -> None:
 
 
 def test_a_run_id_active_in_another_live_process_is_a_duplicate(store: SqliteStore, db: Path) -> None:
-    parent = RunOwner(socket.gethostname(), os.getppid(), start_identity(os.getppid()) or "")
+    parent = this_process()._replace(pid=os.getppid(), start=start_identity(os.getppid()) or "")
     insert_foreign_run(db, "taken", parent, status="running")
     with pytest.raises(DuplicateRunError):
         Workflow("dup", steps=[streaming("x")], store=store).run(run_id="taken")
@@ -411,8 +451,9 @@ def insert_foreign_run(db: Path, run_id: str, owner: RunOwner, *, status: str) -
     """A run record as another process would have written it."""
     conn = sqlite3.connect(db)
     conn.execute(
-        "INSERT INTO runs (run_id, workflow_id, workflow_name, status, created_at, owner_host, owner_pid, owner_start)"
-        " VALUES (?, 'foreign', 'foreign', ?, 1.0, ?, ?, ?)",
+        "INSERT INTO runs (run_id, workflow_id, workflow_name, status, created_at,"
+        " owner_host, owner_pid, owner_start, owner_ns, owner_inbox)"
+        " VALUES (?, 'foreign', 'foreign', ?, 1.0, ?, ?, ?, ?, ?)",
         (run_id, status, *owner),
     )
     conn.commit()
@@ -427,9 +468,10 @@ def ask_as_another_process(db: Path, run_id: str, reason: str | None) -> int:
     me = this_process()
     conn = sqlite3.connect(db)
     cursor = conn.execute(
-        "INSERT INTO cancel_requests (run_id, reason, owner_host, owner_pid, owner_start, state, requested_at)"
-        " VALUES (?, ?, ?, ?, ?, 'pending', 0)",
-        (run_id, reason, me.host, me.pid, me.start),
+        "INSERT INTO cancel_requests"
+        " (run_id, reason, owner_host, owner_pid, owner_start, owner_ns, state, requested_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)",
+        (run_id, reason, me.host, me.pid, me.start, me.ns),
     )
     conn.commit()
     conn.close()
@@ -489,3 +531,416 @@ def test_an_owner_that_never_answers_gets_none_and_the_request_is_withdrawn(stor
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT state FROM cancel_requests WHERE run_id = 'remote'").fetchall() == [("expired",)]
     conn.close()
+
+
+# -- regressions from the review of the store (each failed before its fix) ---------------
+
+
+def set_schema_version(db: Path, version: int | str) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    conn.commit()
+    conn.close()
+
+
+def run_in_thread(work: Any, seconds: float = 10.0) -> dict[str, Any]:
+    """Call ``work()`` in a daemon thread; its result or exception, asserting it ends within ``seconds``."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["result"] = work()
+        except BaseException as error:
+            outcome["error"] = error
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds}s"
+    return outcome
+
+
+def test_a_writer_that_cannot_open_the_file_fails_the_run_instead_of_hanging(db: Path) -> None:
+    store = SqliteStore(db)  # not closed if the test fails: close() would hang the same way
+    set_schema_version(db, SCHEMA_VERSION + 1)  # another process upgraded the file after this store opened it
+    workflow = Workflow("hang", steps=[returning("ok")], store=store)
+    outcome = run_in_thread(workflow.run)
+    assert isinstance(outcome.get("error"), StoreError) and "newer threadflow" in str(outcome["error"])
+    set_schema_version(db, SCHEMA_VERSION)
+    output = run_in_thread(workflow.run)["result"]  # the writer recovers once the file is usable again
+    assert output.status is RunStatus.completed
+    check_run_events(store.events(output.run_id))
+    store.close()
+
+
+def locked(db: Path) -> sqlite3.Connection:
+    """Another connection holding the file's write lock (until it rolls back)."""
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_a_write_that_fails_on_a_locked_file_loses_no_events(db: Path) -> None:
+    with SqliteStore(db, timeout=0.05) as store:
+        failures: list[Exception] = []
+
+        def tokens(step_input: StepInput) -> Iterator[str]:
+            yield from (f"a{i} " for i in range(10))
+            holder = locked(db)
+            try:
+                store.flush()  # its batch takes the buffered events, then fails on the lock
+            except StoreError as error:
+                failures.append(error)
+            finally:
+                holder.rollback()
+                holder.close()
+            yield from (f"b{i} " for i in range(10))
+
+        streamed = list(Workflow("locked", steps=[tokens], store=store).run(stream=True))
+        assert failures and "locked" in str(failures[0])
+        stored = check_run_events(store.events(streamed[0].run_id))
+        assert stored == streamed
+
+
+class Signal(logging.Handler):
+    """Sets ``seen`` when a ``threadflow`` log record contains ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.seen.set()
+
+
+@pytest.fixture
+def write_failures() -> Iterator[Signal]:
+    signal = Signal("could not write")
+    logger = logging.getLogger("threadflow")
+    logger.addHandler(signal)
+    try:
+        yield signal
+    finally:
+        logger.removeHandler(signal)
+
+
+def test_the_end_of_a_run_is_retried_when_the_file_is_locked(db: Path, write_failures: Signal) -> None:
+    with SqliteStore(db, timeout=0.05) as store:
+
+        def release_after_a_failed_write(holder: sqlite3.Connection) -> None:
+            write_failures.seen.wait(10)
+            holder.rollback()
+            holder.close()
+
+        def ends_while_locked(step_input: StepInput) -> Iterator[str]:
+            yield "before the lock "
+            store.flush()
+            threading.Thread(target=release_after_a_failed_write, args=(locked(db),), daemon=True).start()
+            yield "locked "  # the run ends while the file is locked: its end is written once it is free
+
+        output = Workflow("retried", steps=[ends_while_locked], store=store).run()
+        assert write_failures.seen.is_set()
+        info = store.get_run(output.run_id)
+        assert info is not None and info.status is RunStatus.completed
+        assert len(check_run_events(store.events(output.run_id))) == 8
+
+
+def test_a_run_whose_end_cannot_be_written_is_never_recorded_completed(db: Path) -> None:
+    with SqliteStore(db, timeout=0.02) as store:
+        store.write_attempts = 2
+        holders: list[sqlite3.Connection] = []
+
+        def ends_while_locked(step_input: StepInput) -> Iterator[str]:
+            yield "token "
+            store.flush()
+            holders.append(locked(db))
+            yield "never written "
+
+        with pytest.raises(StoreError, match="locked"):
+            Workflow("stuck", steps=[ends_while_locked], store=store).run(run_id="stuck")
+        holders[0].rollback()
+        holders[0].close()
+        info = store.get_run("stuck")
+        assert info is not None and info.status is RunStatus.running  # unfinished: not completed, events missing
+        # Used again, the id gets a new run; the unfinished record is closed, with its log, as an error.
+        Workflow("stuck", steps=[streaming("again")], store=store).run(run_id="stuck")
+        earlier = [run for run in store.list_runs() if run.status is RunStatus.error]
+        assert [(run.run_id, run.error_type) for run in earlier] == [("stuck", "RunEndNotRecorded")]
+
+
+def test_owners_in_another_pid_namespace_are_never_judged() -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("pid namespaces are Linux's")
+    me = this_process()
+    assert me.ns  # this process's pid namespace is recorded with its runs
+    gone = exited_pid()
+    assert not owner_alive(me._replace(pid=gone, start="boot:1"))
+    assert owner_alive(me._replace(pid=gone, start="boot:1", ns="another-namespace"))  # its pid means nothing here
+    assert owner_alive(me._replace(pid=gone, start="boot:1", ns=""))  # not known: presumed alive
+
+
+def exited_pid() -> int:
+    """The pid of a process that has exited and been collected."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    return int(child.stdout)
+
+
+def test_an_owner_hidden_from_proc_is_asked_about_with_kill(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("/proc is Linux's")
+    from threadflow.storage import _process
+
+    me = this_process()
+    parent = me._replace(pid=os.getppid(), start=start_identity(os.getppid()) or "")
+    monkeypatch.setattr(_process, "_stat", lambda pid: ("missing", ""))  # /proc mounted with hidepid=2
+    assert owner_alive(parent)  # os.kill(pid, 0) says it exists
+    assert not owner_alive(me._replace(pid=exited_pid()))  # ProcessLookupError: really gone
+
+    def not_permitted(pid: int, sig: int) -> None:
+        raise PermissionError("another user's process")
+
+    monkeypatch.setattr(_process.os, "kill", not_permitted)
+    assert owner_alive(me._replace(pid=exited_pid()))  # exists, owned by another user
+
+
+def test_a_run_recorded_as_abandoned_keeps_one_end_even_if_its_owner_carries_on(
+    store: SqliteStore, db: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    parked = Parked()
+    handle = Workflow("misjudged", steps=[Step("parked", executor=parked)], store=store).run(background=True)
+    assert parked.reached.wait(10)
+    store.flush()
+    conn = sqlite3.connect(db, isolation_level=None)  # a reader elsewhere that wrongly judged this process gone
+    try:
+        (key,) = conn.execute("SELECT run_key FROM runs WHERE run_id = ?", (handle.run_id,)).fetchone()
+        with _transaction(conn):
+            _record_abandoned(conn, key=key)
+    finally:
+        conn.close()
+    parked.release.set()
+    assert handle.wait(10)
+    assert handle.result().status is RunStatus.completed  # the run itself is unaffected
+    events = check_run_events(store.events(handle.run_id))  # one terminal event, no gap: the recorded end stands
+    assert isinstance(events[-1], WorkflowErrorEvent) and events[-1].error == OWNER_EXITED
+    info = store.get_run(handle.run_id)
+    assert info is not None and (info.status, info.error) == (RunStatus.error, OWNER_EXITED)
+    assert "had already ended" in caplog.text
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
+@pytest.mark.parametrize("datagram", [b"1", b"[1]", b"null", b'{"run": 1}', b"[" * 50_000, b"\xff", b"[1, 2, 3, 4]"])
+def test_wait_for_nudge_ignores_a_malformed_datagram(datagram: bytes) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as inbox:
+        inbox.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        inbox.bind(f"\0threadflow-test-{os.getpid()}-{threading.get_ident()}")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(datagram, inbox.getsockname())
+        assert wait_for_nudge(inbox, 5.0) is None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
+def test_malformed_datagrams_do_not_stop_the_cancel_watcher(store: SqliteStore, db: Path) -> None:
+    parked = Parked()
+    handle = Workflow("watched", steps=[Step("parked", executor=parked)], store=store).run(background=True)
+    assert parked.reached.wait(10)
+    owner = store.owner(handle.run_id)
+    assert owner is not None and owner.inbox
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+        for datagram in (b"1", b"[1]", b"null", b'{"run": 1}', b"[" * 50_000, b"\xff"):
+            sender.sendto(datagram, inbox_address(owner))
+    request = ask_as_another_process(db, handle.run_id, "after the garbage")
+    nudge(owner, Nudge(request, handle.run_id, "after the garbage"))
+    assert handle.wait(10)
+    assert answer(db, request) == "accepted"
+    info = store.get_run(handle.run_id)
+    assert info is not None and (info.status, info.reason) == (RunStatus.cancelled, "after the garbage")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
+def test_nobody_can_bind_the_cancel_inbox_first_and_read_requests(store: SqliteStore, db: Path) -> None:
+    within(lambda: not _WATCHER.running)  # the next run starts a watcher, which binds a new inbox
+    me = this_process()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as squatter:
+        squatter.bind(f"\0threadflow-cancel-{me.pid}-{me.start}")  # where the inbox used to be: pid and start time
+        squatter.setblocking(False)
+        parked = Parked()
+        handle = Workflow("private", steps=[Step("parked", executor=parked)], store=store).run(background=True)
+        assert parked.reached.wait(10)
+        owner = store.owner(handle.run_id)
+        assert owner is not None and len(owner.inbox) >= 32  # a random token, recorded only in the database
+        cancel = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "threadflow",
+                "--db",
+                str(db),
+                "runs",
+                "cancel",
+                handle.run_id,
+                "--reason",
+                "secret",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert cancel.returncode == 0, cancel.stderr
+        assert handle.wait(10)
+        with pytest.raises(BlockingIOError):
+            squatter.recv(65536)  # it heard nothing
+
+
+def test_lone_surrogates_in_text_are_stored_as_question_marks(store: SqliteStore) -> None:
+    def fails(step_input: StepInput) -> str:
+        raise OSError(os.fsdecode(b"cannot open \xff"))
+
+    with pytest.raises(threadflow.WorkflowError):  # not a StoreError: recording the end worked
+        Workflow("fails", steps=[fails], store=store).run(run_id="bad-\udcfe-id")
+    info = store.get_run("bad-\udcfe-id")
+    assert info is not None and (info.run_id, info.status, info.error) == ("bad-?-id", RunStatus.error, "cannot open ?")
+    assert check_run_events(store.events("bad-\udcfe-id"))[-1].error == "cannot open ?"  # type: ignore[attr-defined]
+
+    parked = Parked()
+    workflow = Workflow("cancelled", steps=[Step("park\udcffed", executor=parked)], store=store)
+    handle = workflow.run(background=True)
+    assert parked.reached.wait(10)
+    assert workflow.cancel_run(handle.run_id, reason=os.fsdecode(b"stop \xfe"))
+    assert handle.wait(10) and handle.result().status is RunStatus.cancelled
+    info = store.get_run(handle.run_id)
+    assert info is not None and (info.status, info.reason, info.step_name) == (RunStatus.cancelled, "stop ?", "park?ed")
+    events = check_run_events(store.events(handle.run_id))
+    assert events[-1].reason == "stop ?"  # type: ignore[attr-defined]
+
+
+def test_request_cancel_with_a_lone_surrogate_in_the_reason(store: SqliteStore, db: Path) -> None:
+    insert_foreign_run(db, "remote", RunOwner("a-host-far-away", 4242, ""), status="running")
+    assert store.request_cancel("remote", "stop \udcff", timeout=0.01) is None
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT reason FROM cancel_requests").fetchall() == [("stop ?",)]
+    finally:
+        conn.close()
+
+
+def writer_threads(stores: list[SqliteStore]) -> list[threading.Thread]:
+    return [store._writer._thread for store in stores if store._writer is not None]
+
+
+def open_files(db: Path) -> list[str]:
+    """This process's file descriptors on ``db`` (and its -wal and -shm files)."""
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass  # closed meanwhile
+    return [link for link in links if link.startswith(str(db))]
+
+
+def test_a_dropped_store_releases_its_thread_and_connections(db: Path) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("counts open files through /proc")
+    stores = [SqliteStore(db) for _ in range(3)]
+    for store in stores:
+        Workflow("dropped", steps=[streaming("x")], store=store).run()
+    threads = writer_threads(stores)
+    assert len(threads) == 3 and open_files(db)
+    refs = [weakref.ref(store) for store in stores]
+    del stores, store
+
+    def all_released() -> bool:
+        gc.collect()
+        return all(ref() is None for ref in refs) and not any(thread.is_alive() for thread in threads)
+
+    within(all_released, seconds=5)
+    within(lambda: not open_files(db), seconds=5)
+
+
+def test_an_idle_writer_exits_and_the_store_still_works(store: SqliteStore) -> None:
+    store.writer_idle_timeout = 0.01
+    Workflow("idle", steps=[streaming("one")], store=store).run()
+    threads = writer_threads([store])
+    assert threads
+    within(lambda: not threads[0].is_alive(), seconds=5)
+    output = Workflow("idle", steps=[streaming("two")], store=store).run()
+    assert store.get_run(output.run_id) is not None
+    assert len(check_run_events(store.events(output.run_id))) == 7
+
+
+def test_a_file_holding_only_a_view_is_refused_unchanged(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE VIEW v AS SELECT 1 AS one")  # another program's database, with no table
+    conn.commit()
+    conn.close()
+    before = digest(db)
+    with pytest.raises(StoreError, match="no threadflow tables"):
+        SqliteStore(db)
+    assert digest(db) == before
+
+
+def test_an_empty_file_gets_the_schema(db: Path) -> None:
+    db.write_bytes(b"")
+    with SqliteStore(db) as store:
+        assert Workflow("empty", steps=[streaming("x")], store=store).run().status is RunStatus.completed
+
+
+@pytest.mark.parametrize("version", ["0", "-1", "1.5"])
+def test_an_unknown_schema_version_is_refused_unchanged(db: Path, version: str) -> None:
+    SqliteStore(db).close()
+    set_schema_version(db, version)
+    before = digest(db)
+    with pytest.raises(StoreError, match="not a threadflow run history"):
+        SqliteStore(db)
+    assert digest(db) == before
+
+
+_SCHEMA_V1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE runs (run_key INTEGER PRIMARY KEY, run_id TEXT NOT NULL UNIQUE, workflow_id TEXT NOT NULL,"
+    " workflow_name TEXT NOT NULL, status TEXT NOT NULL, cause TEXT, reason TEXT, step_name TEXT, error TEXT,"
+    " error_type TEXT, created_at REAL NOT NULL, started_at REAL, ended_at REAL, owner_host TEXT NOT NULL,"
+    " owner_pid INTEGER NOT NULL, owner_start TEXT NOT NULL)",
+    "CREATE INDEX runs_by_created ON runs (created_at)",
+    "CREATE INDEX runs_by_status ON runs (status, created_at)",
+    "CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at)",
+    "CREATE TABLE events (run_key INTEGER NOT NULL, first_seq INTEGER NOT NULL, last_seq INTEGER NOT NULL,"
+    " data TEXT NOT NULL, header TEXT, times BLOB, PRIMARY KEY (run_key, first_seq))",
+    "CREATE TABLE cancel_requests (id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, reason TEXT,"
+    " owner_host TEXT NOT NULL, owner_pid INTEGER NOT NULL, owner_start TEXT NOT NULL, state TEXT NOT NULL,"
+    " requested_at REAL NOT NULL, answered_at REAL)",
+    "CREATE INDEX cancel_requests_pending ON cancel_requests (owner_pid) WHERE state = 'pending'",
+    "INSERT INTO meta VALUES ('schema_version', '1')",
+)
+
+
+def test_a_version_1_file_is_migrated_and_keeps_its_runs(db: Path) -> None:
+    conn = sqlite3.connect(db)
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute(
+        "INSERT INTO runs (run_id, workflow_id, workflow_name, status, created_at, owner_host, owner_pid, owner_start)"
+        " VALUES ('old', 'w', 'w', 'completed', 1.0, 'a-host', 1, '')"
+    )
+    started = WorkflowStartedEvent(run_id="old", workflow_id="w", workflow_name="w", seq=1, created_at=1.0)
+    conn.execute(
+        "INSERT INTO events (run_key, first_seq, last_seq, data) VALUES (1, 1, 1, ?)", (started.model_dump_json(),)
+    )
+    conn.commit()
+    conn.close()
+    with SqliteStore(db, create=False) as store:
+        info = store.get_run("old")
+        assert info is not None and info.status is RunStatus.completed
+        assert store.events("old") == [started]
+        output = Workflow("w", steps=[streaming("new")], store=store).run(run_id="old")  # ids may be reused now
+        assert [run.run_id for run in store.list_runs()] == ["old", "old"]
+        check_run_events(store.events("old"))
+        assert store.events("old")[-1].run_id == output.run_id
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    finally:
+        conn.close()

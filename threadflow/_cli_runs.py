@@ -6,7 +6,12 @@
 people and, with ``--json``, JSON for scripts. Exit codes: 0 success; 1 no such
 run, not cancellable, or an unusable history file; 2 usage. Errors are one
 line on stderr. The read commands never create or change a file, except that
-reading records runs whose owning process has died as ended (``error``).
+reading records runs whose owning process has died as ended (``error``) and
+migrates a file written by an older threadflow.
+
+Text arguments are taken as the store keeps text: an undecodable byte in a
+run id, reason or workflow (a lone surrogate, the way Python decodes argv)
+becomes ``?``, so it is stored, looked up and printed alike, never a traceback.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from .events import (
     WorkflowErrorEvent,
 )
 from .storage import SqliteStore, StoreError
+from .storage._eventlog import clean_text
 
 __all__ = ["add_runs_commands"]
 
@@ -118,6 +124,9 @@ def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         name = f"threadflow runs {args.runs_command}"
+        for text in ("run_id", "reason", "workflow"):
+            if isinstance(value := getattr(args, text, None), str):
+                setattr(args, text, clean_text(value))
         try:
             with _open_store(args) as store:
                 return handler(store, args, sys.stdout)
@@ -267,7 +276,11 @@ def _logs(store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
 
 def _print_event(event: BaseEvent, as_json: bool, out: TextIO) -> None:
     if as_json:
-        print(event.model_dump_json(), file=out)
+        try:
+            line = event.model_dump_json()
+        except ValueError:  # a token with a lone surrogate (stored exactly): JSON can escape it, pydantic cannot
+            line = json.dumps(event.model_dump(mode="json"), separators=(",", ":"))
+        print(line, file=out)
         return
     clock = _when(event.created_at, precise=True)[11:]
     step = getattr(event, "step_name", None) or ""

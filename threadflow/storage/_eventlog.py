@@ -21,6 +21,19 @@ Buffering strings and floats instead of event objects also keeps the hot path
 cheap: the event object dies as soon as the consumer drops it, where keeping
 thousands alive for the writer made the garbage collector walk them again and
 again.
+
+**Nothing taken is lost.** The writer takes a run's rows out of its buffer to
+write them; if the write fails (the file is locked longer than the busy
+timeout, the disk is full) it puts them back in front (``put_back``), so the
+next batch writes them again, in order. A row that did commit before the
+failure is written again identically and ignored.
+
+**Text SQLite cannot hold.** A lone surrogate (``os.fsdecode`` of a file name
+that is not UTF-8, say) cannot be encoded as UTF-8, so it can neither be
+bound as an SQLite parameter nor be dumped by pydantic. ``clean_text`` replaces
+each one with ``?`` — in records, cancel requests and events' text fields
+alike, so lookups by such a run id still match. Streamed tokens are the
+exception: they are stored exactly (as JSON ``\\u`` escapes).
 """
 
 from __future__ import annotations
@@ -35,7 +48,7 @@ from typing import Any, Final
 
 from ..events import BaseEvent, Event, RunContentEvent, StepStartedEvent, WorkflowStartedEvent, parse_event
 
-__all__ = ["Chunk", "Lines", "RunBuffer", "Tokens", "decode_chunk", "dump_event"]
+__all__ = ["Chunk", "Lines", "RunBuffer", "Tokens", "clean_text", "decode_chunk", "dump_event"]
 
 logger = logging.getLogger("threadflow")
 
@@ -84,12 +97,12 @@ class Tokens:
         count = min(len(self.times), len(self.contents))
         if not count:
             return None
+        header = _dump(self.head, exclude=_TOKEN_FIELDS_OWN)  # first: nothing is removed if it raised
         times, contents = self.times[:count], self.contents[:count]
         del self.times[:count], self.contents[:count]
         first, self.first = self.first, self.first + count
         if not _LITTLE_ENDIAN:
             times.byteswap()
-        header = self.head.model_dump_json(exclude=_TOKEN_FIELDS_OWN)
         return (key, first, first + count - 1, json.dumps(contents, ensure_ascii=False), header, times.tobytes())
 
 
@@ -100,11 +113,12 @@ class RunBuffer:
     lock-free: see ``Tokens``); every other event goes through ``add_line``.
     """
 
-    __slots__ = ("key", "lock", "sealed", "started_at", "step_name", "tokens")
+    __slots__ = ("key", "lock", "retry", "sealed", "started_at", "step_name", "tokens")
 
     def __init__(self) -> None:
         self.key = -1  # the run's rowid in ``runs``, once its record is written
-        self.lock = threading.Lock()  # guards sealed, tokens (the reference), started_at, step_name
+        self.lock = threading.Lock()  # guards retry, sealed, tokens (the reference), started_at, step_name
+        self.retry: list[Chunk] = []  # rows taken by a write that failed: the first to be written next
         self.sealed: list[Lines | Tokens] = []
         self.tokens: Tokens | None = None
         self.started_at: float | None = None
@@ -136,29 +150,64 @@ class RunBuffer:
                 self.step_name = event.step_name
 
     def take(self) -> tuple[list[Chunk], float | None, str | None]:
-        """Rows for everything buffered so far (``key`` set), and the run's progress since the last take."""
+        """Rows for everything buffered so far (``key`` set), and the run's progress since the last take.
+
+        The caller owns them until they are committed: ``put_back`` if the write fails.
+        """
         with self.lock:
+            rows, self.retry = self.retry, []
             stretches, self.sealed = self.sealed, []
             if self.tokens is not None:
                 stretches.append(self.tokens)  # left open: the run keeps appending to it
             progress = self.started_at, self.step_name
             self.started_at = self.step_name = None
-        rows = [stretch.chunk(self.key) for stretch in stretches]
-        return [row for row in rows if row is not None], *progress
+        for stretch in stretches:
+            row = stretch.chunk(self.key)
+            if row is not None:
+                rows.append(row)
+        return rows, *progress
+
+    def put_back(self, rows: list[Chunk], started_at: float | None, step_name: str | None) -> None:
+        """Return what ``take`` gave (a write failed): written first by the next batch; newer progress wins."""
+        with self.lock:
+            self.retry[:0] = rows
+            if self.started_at is None:
+                self.started_at = started_at
+            if self.step_name is None:
+                self.step_name = step_name
 
 
 def dump_event(event: BaseEvent) -> str | None:
     """The event's JSON. Content pydantic cannot serialise is stored as ``str(value)``; None if even that fails."""
     try:
-        return event.model_dump_json(fallback=_as_text)
-    except Exception:  # noqa: BLE001 — any failure here has the fallback below
-        pass
-    try:  # e.g. a lone surrogate, or a structure that contains itself
-        fields = {name: _as_text(getattr(event, name)) for name in ("content",) if name in type(event).model_fields}
-        return event.model_copy(update=fields).model_dump_json(fallback=_as_text)
+        return _dump(event)
     except Exception:
         logger.exception("threadflow: event %s of run %s cannot be stored", event.seq, event.run_id)
         return None
+
+
+def _dump(event: BaseEvent, exclude: set[str] | None = None) -> str:
+    """``model_dump_json``; failing that, with ``content`` as text and every lone surrogate in text as ``?``."""
+    try:
+        return event.model_dump_json(fallback=_as_text, exclude=exclude)
+    except Exception:  # noqa: BLE001 — any failure here has the fallback below
+        pass
+    # e.g. a lone surrogate in a reason or an error message, or content that contains itself
+    fields = {
+        name: _as_text(value) if name == "content" else clean_text(value)
+        for name, value in event
+        if name == "content" or isinstance(value, str)
+    }
+    return event.model_copy(update=fields).model_dump_json(fallback=_as_text, exclude=exclude)
+
+
+def clean_text(text: str) -> str:
+    """``text`` with each lone surrogate, which UTF-8 (and so SQLite) cannot hold, replaced by ``?``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
 
 
 def _as_text(value: Any) -> str:
@@ -166,7 +215,7 @@ def _as_text(value: Any) -> str:
         text = value if isinstance(value, str) else str(value)
     except Exception:  # noqa: BLE001 — a __str__ that raises still gets a description
         text = f"<unprintable {type(value).__name__}>"
-    return text.encode("utf-8", "replace").decode("utf-8")
+    return clean_text(text)
 
 
 def decode_chunk(first: int, data: str, header: str | None, times: bytes | None) -> Iterator[Event]:
