@@ -116,7 +116,10 @@ class DemoModel:
 
 
 def _topic(prompt: str) -> str:
-    words = prompt.strip().split()
+    text = prompt.strip()
+    if text.startswith("About ") and ":" in text:  # answering an earlier DemoModel answer
+        text = text[len("About ") : text.index(":")]
+    words = text.split()
     return " ".join(words[:8]) if words else "the question"
 
 
