@@ -7,6 +7,10 @@ it returns, because ``run()`` returns and a stream ends right after it. The
 read side (``get_run``, ``list_runs``, ``events``) serves ``get_run()``, the
 CLI and HTTP. ``request_cancel`` lets another process ask for a cancel; a
 store that cannot reach other processes answers ``None``.
+
+A store that acts on this process's runs (answering a cancel another process
+wrote, say) must not import the core: the core lends it a ``LocalRuns`` by
+calling its optional ``bind_local_runs(runs)`` when a workflow first uses it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,19 @@ from typing import Protocol, runtime_checkable
 
 from ..events import BaseEvent, Event, RunInfo, RunStatus
 
-__all__ = ["RunStore"]
+__all__ = ["LocalRuns", "RunStore"]
+
+
+class LocalRuns(Protocol):
+    """The runs active in this process, as the core lends them to a store."""
+
+    def cancel(self, run_id: str, reason: str | None) -> bool:
+        """Cancel the active run ``run_id`` exactly as ``threadflow.cancel_run`` does; True iff accepted."""
+        ...
+
+    def info(self, run_id: str) -> RunInfo | None:
+        """The live record of the active run ``run_id``, or None when it is not active here."""
+        ...
 
 
 @runtime_checkable
