@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 import threadflow
-from threadflow.registry import REGISTRY
+from threadflow._registry import REGISTRY
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from threadflow import (
     WorkflowRunOutput,
     get_context,
 )
+from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent, WorkflowCancelledEvent
-from threadflow.registry import REGISTRY
 from threadflow.storage import MemoryStore
 from threadflow.testing import check_run_events
 
@@ -521,4 +521,4 @@ def test_a_store_failing_on_the_terminal_event_does_not_strand_the_handles_subsc
         check_run_events(followed)
         handle.result(0)  # an output, or a WorkflowError naming the store's failure
     finally:
-        REGISTRY.remove(handle.state)  # so that the leak does not fail the tests after this one
+        REGISTRY.remove(handle._state)  # so that the leak does not fail the tests after this one

@@ -23,8 +23,8 @@ from threadflow import (
     get_context,
     shield,
 )
+from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent, RunContentEvent, WorkflowCancelledEvent
-from threadflow.registry import REGISTRY
 from threadflow.testing import ScriptedModel, check_run_events
 
 

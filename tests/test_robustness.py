@@ -22,9 +22,9 @@ from threadflow import (
     Workflow,
     get_context,
 )
+from threadflow._registry import REGISTRY
 from threadflow._timer import TIMER
 from threadflow.events import BaseEvent, RunContentEvent, RunStartedEvent
-from threadflow.registry import REGISTRY
 from threadflow.storage import MemoryStore
 from threadflow.testing import check_run_events
 

@@ -39,8 +39,8 @@ from threadflow import (
     get_context,
     shield,
 )
+from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent
-from threadflow.registry import REGISTRY
 from threadflow.testing import check_run_events
 
 pytestmark = [pytest.mark.stress, pytest.mark.usefixtures("no_leaked_runs")]

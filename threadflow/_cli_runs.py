@@ -32,14 +32,13 @@ from .events import (
     RunCompletedEvent,
     RunContentEvent,
     RunErrorEvent,
-    RunInfo,
-    RunStatus,
     StepCompletedEvent,
     StepRetryingEvent,
     WorkflowCancelledEvent,
     WorkflowCompletedEvent,
     WorkflowErrorEvent,
 )
+from .status import RunInfo, RunStatus
 from .storage import SqliteStore, StoreError
 from .storage._eventlog import clean_text
 

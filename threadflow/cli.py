@@ -133,7 +133,7 @@ def _demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 
 def _print_summary(output: object, asked_at: list[float], landed_at: float | None, out: TextIO) -> None:
-    from .output import WorkflowRunOutput
+    from . import WorkflowRunOutput
 
     assert isinstance(output, WorkflowRunOutput)
     print("\n\n── summary ──", file=out)
