@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import WAIT, names
 
 import threadflow
 from threadflow import (
@@ -26,14 +27,6 @@ from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent, WorkflowCancelledEvent
 from threadflow.storage import MemoryStore
 from threadflow.testing import check_run_events
-
-pytestmark = pytest.mark.usefixtures("no_leaked_runs")
-
-WAIT = 10.0  # an upper bound for things that happen at once; never reached when the code is right
-
-
-def names(events: Sequence[BaseEvent]) -> list[str]:
-    return [str(e.event) for e in events]
 
 
 def status_of(handle: RunHandle) -> RunStatus:

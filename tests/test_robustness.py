@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import WAIT
 
 import threadflow
 from threadflow import (
@@ -22,20 +23,10 @@ from threadflow import (
     Workflow,
     get_context,
 )
-from threadflow._registry import REGISTRY
 from threadflow._timer import TIMER
 from threadflow.events import BaseEvent, RunContentEvent, RunStartedEvent
 from threadflow.storage import MemoryStore
 from threadflow.testing import check_run_events
-
-WAIT = 10.0
-
-
-@pytest.fixture(autouse=True)
-def _registry_is_empty_after() -> Iterator[None]:
-    yield
-    assert threadflow.active_runs() == []
-    assert len(REGISTRY) == 0
 
 
 class RecordingStore(MemoryStore):

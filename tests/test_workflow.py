@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from conftest import names
 
 import threadflow
 from threadflow import (
@@ -21,7 +22,6 @@ from threadflow import (
     WorkflowError,
     WorkflowRunOutput,
 )
-from threadflow._registry import REGISTRY
 from threadflow.events import (
     RunContentEvent,
     RunErrorEvent,
@@ -33,16 +33,6 @@ from threadflow.events import (
 from threadflow.models import DemoModel
 from threadflow.storage import MemoryStore
 from threadflow.testing import ScriptedModel, check_run_events
-
-
-@pytest.fixture(autouse=True)
-def _registry_is_empty_after() -> Iterator[None]:
-    yield
-    assert len(REGISTRY) == 0, "a run was leaked in the registry"
-
-
-def names(events: list[object]) -> list[str]:
-    return [str(e.event) for e in events]  # type: ignore[attr-defined]
 
 
 def test_function_steps_chain_their_outputs() -> None:

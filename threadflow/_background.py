@@ -27,9 +27,12 @@ from ._validate import check_seconds
 from .handles import RunHandle
 from .status import CancelCause
 
-__all__ = ["WorkerPool", "active_handles", "shutdown"]
+__all__ = ["WORKER_THREAD_PREFIX", "WorkerPool", "active_handles", "shutdown"]
 
 logger = logging.getLogger("threadflow")
+
+#: Worker threads are named this followed by the workflow's id.
+WORKER_THREAD_PREFIX = "threadflow-worker-"
 
 _handles_lock = threading.Lock()
 _active: dict[str, RunHandle] = {}
@@ -56,7 +59,7 @@ class WorkerPool:
         # Registered after queueing: a cancel accepted before this line calls it at once.
         REGISTRY.add_callback(handle._state, lambda: self._cancel_queued(handle))
         if start:
-            threading.Thread(target=self._work, name=f"threadflow-{self.name}", daemon=True).start()
+            threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{self.name}", daemon=True).start()
 
     def _cancel_queued(self, handle: RunHandle) -> None:
         with self._lock:
@@ -83,7 +86,7 @@ class WorkerPool:
                 if restart:
                     self._workers += 1
             if restart:
-                threading.Thread(target=self._work, name=f"threadflow-{self.name}", daemon=True).start()
+                threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{self.name}", daemon=True).start()
 
     @property
     def queued(self) -> int:
