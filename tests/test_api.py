@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import threadflow
 
 SPEC_NAMES = {
@@ -199,3 +201,32 @@ def test_core_imports_without_optional_extras() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_run_overloads_keep_their_types(tmp_path: pathlib.Path) -> None:
+    """The RunOptions overloads: each mode is typed precisely, and an unknown option is a type error."""
+    api = pytest.importorskip("mypy.api")
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(
+        "from threadflow import Workflow\n"
+        "wf = Workflow('w', steps=[])\n"
+        "reveal_type(wf.run())\n"
+        "reveal_type(wf.run(1, stream=True, run_id='x'))\n"
+        "reveal_type(wf.run(background=True, run_timeout=2.0))\n"
+        "reveal_type(wf.arun(stream=True))\n"
+        "async def main() -> None:\n"
+        "    reveal_type(await wf.arun(background=True))\n"
+        "    reveal_type(await wf.arun(run_id='x'))\n"
+        "wf.run(run_idd='x')\n"
+    )
+    out, _, _ = api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(snippet)])
+    revealed = [line.split('Revealed type is "')[1].rstrip('"') for line in out.splitlines() if "Revealed" in line]
+    assert revealed == [
+        "threadflow.output.WorkflowRunOutput",
+        "threadflow.handles.RunStream",
+        "threadflow.handles.RunHandle",
+        "threadflow.handles.AsyncRunStream",
+        "threadflow.handles.RunHandle",
+        "threadflow.output.WorkflowRunOutput",
+    ]
+    assert 'Unexpected keyword argument "run_idd"' in out

@@ -78,6 +78,13 @@ class Workflow:
     ``run()`` executes in the calling thread (or, with ``background=True``, on
     a worker thread); every run streams the same typed events and can be
     cancelled from any thread with ``cancel_run()``.
+
+    ``id`` defaults to a slug of ``name``. An unnamed workflow (or one whose
+    name has nothing to slug) gets an id that is the same in every process,
+    so that its stored runs stay findable after a restart: the slug of its
+    step names joined by ``-`` (cut at 40 characters), ``-``, and the first 8
+    hex digits of the SHA-256 of the names joined by NUL — e.g.
+    ``fetch-summarize-1a2b3c4d``. Workflows with the same step names share it.
     """
 
     def __init__(
