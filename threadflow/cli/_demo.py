@@ -59,13 +59,13 @@ def demo_workflow(*, tokens_per_second: float = 20.0, store: RunStore | None = N
     return Workflow("research and write", steps=[researcher, writer], store=store)
 
 
-def demo_command(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def demo_command(args: argparse.Namespace) -> int:
     """Run the demo; 0 when it ran (cancelled or not), 130 on Ctrl+C (after the summary)."""
     db = db_from(args)
     store = open_store(db) if db else None
     try:
         workflow = demo_workflow(tokens_per_second=args.tokens_per_second, store=store)
-        return _run(workflow, args, out)
+        return _run(workflow, args, sys.stdout)
     finally:
         if store is not None:
             store.close()

@@ -50,7 +50,7 @@ def serve_command(args: argparse.Namespace) -> int:
     serve_target = _serve_target()
     options: dict[str, Any] = {}
     if args.max_body_bytes is not None:
-        if "max_body_bytes" not in inspect.signature(serve_target).parameters:
+        if not _accepts(serve_target, "max_body_bytes"):
             raise CommandError("--max-body-bytes: this threadflow's server has no body size limit", EXIT_USAGE)
         options["max_body_bytes"] = args.max_body_bytes
     code: int = serve_target(
@@ -67,3 +67,8 @@ def _serve_target() -> Callable[..., int]:
         missing = f" (no module {error.name!r})" if error.name else ""
         raise CommandError(f"needs the server extra{missing}: {_INSTALL}", EXIT_USAGE) from None
     return serve_target
+
+
+def _accepts(function: Callable[..., Any], keyword: str) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == keyword or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
