@@ -47,7 +47,9 @@ def one_line_error(capsys: pytest.CaptureFixture[str], code: int, *argv: str) ->
 
 @pytest.fixture(autouse=True)
 def no_db_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("THREADFLOW_DB", raising=False)
+    """Unset ``$THREADFLOW_DB``, and unset it again afterwards: ``serve --db`` sets it in this process."""
+    monkeypatch.setenv("THREADFLOW_DB", "")  # recorded, so undone after the test even if set meanwhile
+    monkeypatch.delenv("THREADFLOW_DB")
 
 
 # -- --db before or after the command (issue 8, item 16) ---------------------------------
