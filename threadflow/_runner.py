@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
+from ._printable import safe_str
 from ._reaper import finish_soon
 from ._timer import TIMER
 from .context import RunContext, cancellation_error, current_context_var
@@ -67,7 +68,7 @@ class StepFailed(Exception):
     """A step raised (after its retries); the step's exception is ``error``."""
 
     def __init__(self, step: Step, error: BaseException) -> None:
-        super().__init__(f"step {step.name!r} failed: {type(error).__name__}: {error}")
+        super().__init__(f"step {step.name!r} failed: {type(error).__name__}: {safe_str(error)}")
         self.step = step
         self.error = error
 
@@ -180,7 +181,7 @@ class Runner:
                 yield self.emit(
                     StepRetryingEvent,
                     attempt=attempt,
-                    error=str(failed.error),
+                    error=safe_str(failed.error),
                     error_type=type(failed.error).__name__,
                     delay=delay,
                     **self._step_fields(step, index),
@@ -264,7 +265,7 @@ class Runner:
             if state.cancel_requested:
                 yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
                 raise cancellation_error(state) from error
-            yield self.emit(RunErrorEvent, error=str(error), error_type=type(error).__name__, **run_fields)
+            yield self.emit(RunErrorEvent, error=safe_str(error), error_type=type(error).__name__, **run_fields)
             raise StepFailed(step, error) from error
         self._step_gen = None
         if state.cancel_requested:  # the step swallowed the cancel and returned
@@ -294,7 +295,7 @@ class Runner:
         TIMER.stop(state)
         if final is RunStatus.error:
             error = self.failure.error if self.failure is not None else RuntimeError("run failed")
-            state.error, state.error_type = str(error), type(error).__name__
+            state.error, state.error_type = safe_str(error), type(error).__name__
         self.output = self._output(final)
         try:
             terminal = self._emit_terminal(final)

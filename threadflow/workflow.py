@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Seque
 from typing import Any, Literal, overload
 
 from ._background import WorkerPool
+from ._printable import safe_repr
 from ._reaper import drain, finish_soon
 from ._runner import Runner
 from .events import BaseEvent, CancelCause, Event, RunInfo
@@ -51,7 +52,7 @@ def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEven
             inner(event)
         if _event_logger.isEnabledFor(logging.DEBUG):
             # repr() for content JSON cannot hold: logging must never fail a run
-            _event_logger.debug("%s", event.model_dump_json(fallback=repr))
+            _event_logger.debug("%s", event.model_dump_json(fallback=safe_repr))
 
     return log_event
 
