@@ -50,7 +50,7 @@ def test_package_is_typed() -> None:
 # Lower layers must not import higher ones (STYLE: events/exceptions → registry/context →
 # steps → runner → workflow → cli/server). Lazy imports inside functions are allowed.
 LAYERS = [
-    {"events", "exceptions"},
+    {"events", "exceptions", "_printable"},
     {"_reaper", "registry", "_timer", "context"},
     {"retry", "agents", "steps", "models", "output"},
     {"_runner", "storage", "handles", "testing"},

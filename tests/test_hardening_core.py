@@ -209,3 +209,66 @@ def test_memory_store_lists_runs_by_a_status_given_as_a_plain_string() -> None:
     run_id = wf.run().run_id
     listed = store.list_runs(status="completed")  # type: ignore[arg-type]  # what a CLI or HTTP layer passes
     assert [info.run_id for info in listed] == [run_id]
+
+
+def test_a_stream_closed_before_anyone_iterates_it_yields_its_recorded_end() -> None:
+    """Defect 4: iterating a stream closed before it started gave zero events; it now gives the run's end."""
+    ran = threading.Event()
+    wf = Workflow("closed early", steps=[lambda _: ran.set()])
+    s = wf.run(stream=True)
+    s.close()
+    events = list(s)
+    assert [e.event for e in events] == ["workflow_started", "workflow_cancelled"]
+    assert events[-1].cause is threadflow.CancelCause.stream_closed  # type: ignore[union-attr]
+    assert [e.seq for e in events] == [1, 2]
+    assert not ran.is_set()
+    assert list(s) == []  # read once: a second loop finds nothing more
+    assert threadflow.get_run(s.run_id).status is RunStatus.cancelled  # type: ignore[union-attr]
+
+
+def test_a_consumer_that_comes_back_after_break_reads_the_run_end() -> None:
+    def stream(_: object) -> Iterator[str]:
+        yield "a"
+        yield "b"
+
+    s = Workflow("come back", steps=[stream]).run(stream=True)
+    for event in s:
+        if event.event == "run_content":
+            break
+    rest = [e.event for e in s]
+    assert rest == ["run_cancelled", "workflow_cancelled"]
+
+
+@pytest.mark.stress
+def test_close_from_another_thread_racing_the_first_next_never_raises_and_always_cancels() -> None:
+    """Defect 3: close() racing the first next() raised 'generator already executing' and lost the cancel."""
+    for _ in range(2000):
+        _race_close_against_first_next()
+
+
+def _race_close_against_first_next() -> None:
+    go = threading.Event()
+    s = Workflow("race", steps=[lambda _: go.wait(10)]).run(stream=True)
+    barrier = threading.Barrier(2)
+    seen: list[Any] = []
+    failures: list[BaseException] = []
+
+    def consume() -> None:
+        barrier.wait()
+        try:
+            seen.extend(s)
+        except BaseException as error:
+            failures.append(error)
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    barrier.wait()
+    s.close()  # must never raise
+    go.set()
+    consumer.join(10)
+    assert not consumer.is_alive()
+    assert failures == []
+    assert [e.event for e in seen][-1] == "workflow_cancelled"
+    assert sum(e.terminal for e in seen) == 1
+    assert seen[-1].cause is threadflow.CancelCause.stream_closed
+    assert threadflow.active_runs() == []

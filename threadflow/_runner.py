@@ -97,6 +97,8 @@ class Runner:
         self.content: Any = None
         self.failure: StepFailed | None = None
         self.output: WorkflowRunOutput | None = None
+        # Events recorded after the consumer left (abandon): a consumer that comes back reads them.
+        self.unsent: list[BaseEvent] = []
         # The streaming step now suspended at a yield, with its index and step.
         self._step_gen: Generator[Any, None, Any] | None = None
         self._step_index = -1
@@ -366,15 +368,15 @@ class Runner:
                 self._record_abandoned(gen is not None)
 
     def _record_abandoned(self, in_stream: bool) -> None:
-        state = self.state
+        state, unsent = self.state, self.unsent
         if in_stream:
             step = self.steps[self._step_index]
             run_fields = self._step_fields(step, self._step_index, agent=True)
-            self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
+            unsent.append(self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields))
         if state.started_at is None:  # never iterated: the log still starts with workflow_started
             state.started_at = _time()
-            self.emit(WorkflowStartedEvent)
-        self._finish(RunStatus.cancelled)
+            unsent.append(self.emit(WorkflowStartedEvent))
+        unsent.append(self._finish(RunStatus.cancelled))
 
     def _drain(self, gen: Generator[Any, None, Any]) -> None:
         """Run a suspended step to its end without a consumer: shielded code first, then the cancel."""

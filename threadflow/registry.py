@@ -250,7 +250,7 @@ class Registry:
         if callbacks:
             if callbacks_elsewhere:
                 threading.Thread(
-                    target=_run_callbacks, args=(state, callbacks), name="threadflow-on-cancel", daemon=True
+                    target=_run_callbacks_detached, args=(state, callbacks), name="threadflow-on-cancel", daemon=True
                 ).start()
             else:
                 _run_callbacks(state, callbacks)
@@ -308,6 +308,14 @@ def _run_callbacks(state: RunState, callbacks: Sequence[Callable[[], object]]) -
         state.callbacks_running = None
         if running is not None:
             running[0].set()
+
+
+def _run_callbacks_detached(state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:
+    """``_run_callbacks`` on a thread of its own: nobody is there to receive an interrupt."""
+    try:
+        _run_callbacks(state, callbacks)
+    except BaseException:  # noqa: BLE001 — already logged by _call_all; this thread just ends
+        pass
 
 
 def _call_all(callbacks: Sequence[Callable[[], object]]) -> None:
