@@ -272,3 +272,48 @@ def _race_close_against_first_next() -> None:
     assert sum(e.terminal for e in seen) == 1
     assert seen[-1].cause is threadflow.CancelCause.stream_closed
     assert threadflow.active_runs() == []
+
+
+def _raise_cancellation(_: object) -> None:
+    raise CancellationError("some-other-run", "not ours", threadflow.CancelCause.requested)
+
+
+def _stream_then_raise_cancellation(_: object) -> Iterator[str]:
+    yield "a"
+    raise CancellationError("some-other-run", "not ours", threadflow.CancelCause.requested)
+
+
+def _raise_generator_exit(_: object) -> None:
+    raise GeneratorExit
+
+
+def _stream_then_raise_generator_exit(_: object) -> Iterator[str]:
+    yield "a"
+    raise GeneratorExit
+
+
+@pytest.mark.parametrize(
+    ("step", "error_type", "streams"),
+    [
+        (_raise_cancellation, "CancellationError", False),
+        (_stream_then_raise_cancellation, "CancellationError", True),
+        (_raise_generator_exit, "GeneratorExit", False),
+        (_stream_then_raise_generator_exit, "GeneratorExit", True),
+    ],
+)
+def test_a_step_raising_cancellation_or_generator_exit_on_its_own_is_a_step_error(
+    step: Any, error_type: str, streams: bool
+) -> None:
+    """Defect 7: a foreign CancellationError ended the run cancelled; a GeneratorExit escaped the loop."""
+    wf = Workflow("foreign", steps=[step])
+    events = list(wf.run(stream=True))  # must not raise out of the consumer's loop
+    names = [e.event for e in events]
+    assert names[-1] == "workflow_error"
+    assert events[-1].error_type == error_type  # type: ignore[union-attr]
+    assert ("run_error" in names) is streams
+    assert "run_cancelled" not in names
+    with pytest.raises(threadflow.WorkflowError) as caught:
+        wf.run()
+    assert caught.value.output.status is RunStatus.error
+    assert caught.value.output.cause is None
+    assert type(caught.value.__cause__).__name__ == error_type

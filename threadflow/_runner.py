@@ -73,6 +73,14 @@ class StepFailed(Exception):
         self.error = error
 
 
+class _StepRaised(Exception):
+    """Carries a ``BaseException`` a step raised that is the step's error, not a signal to the runner."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class Runner:
     """Drives one run from ``workflow_started`` to its one terminal event."""
 
@@ -213,6 +221,10 @@ class Runner:
         except Exception as error:
             self._checkpoint()  # a step that fails because it was cancelled was cancelled
             raise StepFailed(step, error) from error
+        except (CancellationError, GeneratorExit) as error:
+            if self.state.cancel_requested:
+                raise cancellation_error(self.state) from error
+            raise StepFailed(step, error) from error  # the step's own, with no cancel accepted: an error
         if type(result) is GeneratorType:
             return (yield from self._stream(index, step, result))
         self._checkpoint()  # the step ignored the cancel: its result is discarded
@@ -239,6 +251,9 @@ class Runner:
                 except StopIteration as stop:
                     value = stop.value
                     break
+                except GeneratorExit as error:
+                    # Raised by the step itself: the consumer's own GeneratorExit arrives at our yield below.
+                    raise _StepRaised(error) from error
                 finally:
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
@@ -258,12 +273,16 @@ class Runner:
                 if sink is not None:
                     sink(event)
                 yield event
-        except CancellationError:
+        except CancellationError as error:
             self._step_gen = None
+            if not state.cancel_requested:  # the step's own, with no cancel accepted: an error
+                yield self.emit(RunErrorEvent, error=safe_str(error), error_type=type(error).__name__, **run_fields)
+                raise StepFailed(step, error) from error
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
             raise
-        except Exception as error:
+        except Exception as raised:  # noqa: BLE001 — the step's error, re-raised as StepFailed below
             self._step_gen = None
+            error = raised.error if type(raised) is _StepRaised else raised
             if state.cancel_requested:
                 yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
                 raise cancellation_error(state) from error
