@@ -282,12 +282,12 @@ class Runner:
             raise
         except Exception as raised:  # noqa: BLE001 — the step's error, re-raised as StepFailed below
             self._step_gen = None
-            error = raised.error if type(raised) is _StepRaised else raised
+            failure = raised.error if type(raised) is _StepRaised else raised
             if state.cancel_requested:
                 yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
-                raise cancellation_error(state) from error
-            yield self.emit(RunErrorEvent, error=safe_str(error), error_type=type(error).__name__, **run_fields)
-            raise StepFailed(step, error) from error
+                raise cancellation_error(state) from failure
+            yield self.emit(RunErrorEvent, error=safe_str(failure), error_type=type(failure).__name__, **run_fields)
+            raise StepFailed(step, failure) from failure
         self._step_gen = None
         if state.cancel_requested:  # the step swallowed the cancel and returned
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
