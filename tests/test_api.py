@@ -56,7 +56,7 @@ def test_package_is_typed() -> None:
 # storage → _registry/context → steps → runner → workflow → control → cli/server/client.
 # Lazy imports inside functions are allowed here (but not in storage, nor in the edges: see below).
 LAYERS = [
-    {"exceptions", "status"},
+    {"exceptions", "status", "_printable"},
     {"events"},
     {"_fastevents", "_validate", "_gcdefer"},
     {"storage"},

@@ -277,18 +277,23 @@ def test_a_step_swallowing_the_cancel_for_ever_is_closed(leave: str) -> None:
 
 def test_cancellation_error_is_not_an_exception() -> None:
     caught: list[str] = []
+    reached: list[str] = []
 
     def step(si: StepInput) -> None:
+        assert threadflow.cancel_run(si.run_id)  # cancelled while the step runs
         try:
+            reached.append("checkpoint")
             get_context().check_cancellation()
         except Exception:
             caught.append("swallowed by except Exception")
+        reached.append("after")  # never: the CancellationError went past except Exception
 
     wf = Workflow("w", steps=[step])
     stream = wf.run(stream=True)
-    assert wf.cancel_run(stream.run_id)
     list(stream)
+    assert reached == ["checkpoint"]
     assert caught == []
+    assert stream.output is not None and stream.output.status is RunStatus.cancelled
     assert issubclass(CancellationError, BaseException) and not issubclass(CancellationError, Exception)
 
 

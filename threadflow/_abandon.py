@@ -78,15 +78,16 @@ def abandon(runner: Runner) -> None:
 
 
 def _record_abandoned(runner: Runner, in_stream: bool) -> None:
-    state = runner.state
+    """Record the end; the events also go to ``runner.unsent``, for a consumer that comes back."""
+    state, unsent = runner.state, runner.unsent
     if in_stream:
         step = runner.steps[runner._step_index]
         run_fields = runner._step_fields(step, runner._step_index, agent=True)
-        runner.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
+        unsent.append(runner.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields))
     if state.started_at is None:  # never iterated: the log still starts with workflow_started
         state.started_at = time.time()
-        runner.emit(WorkflowStartedEvent)
-    runner._finish(RunStatus.cancelled)
+        unsent.append(runner.emit(WorkflowStartedEvent))
+    unsent.append(runner._finish(RunStatus.cancelled))
 
 
 def _drain(runner: Runner, gen: Generator[Any, None, Any]) -> None:

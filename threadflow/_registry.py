@@ -17,7 +17,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._fastevents import make_event
 from ._gcdefer import drain
@@ -95,8 +95,8 @@ class RunState:
         self._cancel_event: threading.Event | None = None  # made on first use: most runs never wait
         self.shield_depth = 0
         self.callbacks: list[Callable[[], object]] | None = []
-        # (set when they have run, the thread running them) while a cancel runs the callbacks
-        self.callbacks_running: tuple[threading.Event, int] | None = None
+        # [set when they have run, the thread running them] while a cancel runs the callbacks
+        self.callbacks_running: list[Any] | None = None
         self.background = background
         # run_timeout bookkeeping, owned by threadflow._timer
         self.timeout = timeout
@@ -219,11 +219,17 @@ class Registry:
             return False
         return self.cancel(state, reason, cause)
 
-    def cancel(self, state: RunState, reason: str | None, cause: CancelCause) -> bool:
+    def cancel(
+        self, state: RunState, reason: str | None, cause: CancelCause, *, callbacks_elsewhere: bool = False
+    ) -> bool:
         """Accept a cancel of ``state`` if it is active; True iff accepted (now or before).
 
         The first request runs the ``on_cancel`` callbacks; a concurrent later
-        one returns only after they have run, as rule 1 promises both.
+        one returns only after they have run, as rule 1 promises both. A
+        thread shared by every run (the timer, a store's watcher) passes
+        ``callbacks_elsewhere=True``: the cancel is accepted at once and the
+        callbacks run on a thread of their own, so a slow one delays only its
+        own run.
         """
         me = threading.get_ident()
         with self.lock:
@@ -231,7 +237,7 @@ class Registry:
                 return False
             if state.cancel_requested:
                 running = state.callbacks_running
-                if running is None or running[1] == me:
+                if running is None or running[1] == me or callbacks_elsewhere:
                     return True
             else:
                 state.cancel_requested = True
@@ -242,19 +248,19 @@ class Registry:
                 if state._cancel_event is not None:
                     state._cancel_event.set()
                 if callbacks:
-                    state.callbacks_running = (threading.Event(), me)
+                    # The thread that runs the callbacks is named once it runs them (see _run_callbacks).
+                    state.callbacks_running = [threading.Event(), None if callbacks_elsewhere else me]
                 running = None
         if running is not None:  # another thread is running the callbacks
             running[0].wait()
             return True
         if callbacks:
-            try:
-                _call_all(callbacks)
-            finally:
-                done = state.callbacks_running
-                state.callbacks_running = None
-                if done is not None:
-                    done[0].set()
+            if callbacks_elsewhere:
+                threading.Thread(
+                    target=_run_callbacks_detached, args=(state, callbacks), name="threadflow-on-cancel", daemon=True
+                ).start()
+            else:
+                _run_callbacks(state, callbacks)
         return True
 
     def add_callback(self, state: RunState, callback: Callable[[], object]) -> None:
@@ -300,6 +306,27 @@ def new_run_id() -> str:
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _run_callbacks(state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:
+    """Run a cancel's callbacks in this thread, then release the cancels waiting for them."""
+    running = state.callbacks_running
+    if running is not None:
+        running[1] = threading.get_ident()  # a callback that cancels its own run must not wait on itself
+    try:
+        _call_all(callbacks)
+    finally:
+        state.callbacks_running = None
+        if running is not None:
+            running[0].set()
+
+
+def _run_callbacks_detached(state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:
+    """``_run_callbacks`` on a thread of its own: nobody is there to receive an interrupt."""
+    try:
+        _run_callbacks(state, callbacks)
+    except BaseException:  # noqa: BLE001 — already logged by _call_all; this thread just ends
+        pass
 
 
 def _call_all(callbacks: Sequence[Callable[[], object]]) -> None:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ._abandon import abandon, crash, throw_cancel
 from ._fastevents import make_event
 from ._gcdefer import finish_soon
+from ._printable import safe_str
 from ._registry import REGISTRY, RunState
 from ._timer import TIMER
 from .context import _CURRENT, RunContext, cancellation_error
@@ -63,8 +64,16 @@ class StepFailed(Exception):
     """A step raised (after its retries); the step's exception is ``error``."""
 
     def __init__(self, step: Step, error: BaseException) -> None:
-        super().__init__(f"step {step.name!r} failed: {type(error).__name__}: {error}")
+        super().__init__(f"step {step.name!r} failed: {type(error).__name__}: {safe_str(error)}")
         self.step = step
+        self.error = error
+
+
+class _StepRaised(Exception):
+    """Carries a ``BaseException`` a step raised that is the step's error, not a signal to the runner."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
         self.error = error
 
 
@@ -92,6 +101,8 @@ class Runner:
         self.content: Any = None
         self.failure: StepFailed | None = None
         self.output: WorkflowRunOutput | None = None
+        # Events recorded after the consumer left (abandon): a consumer that comes back reads them.
+        self.unsent: list[BaseEvent] = []
         # The streaming step now suspended at a yield, with its index and step.
         self._step_gen: Generator[Any, None, Any] | None = None
         self._step_index = -1
@@ -176,7 +187,7 @@ class Runner:
                 yield self.emit(
                     StepRetryingEvent,
                     attempt=attempt,
-                    error=str(failed.error),
+                    error=safe_str(failed.error),
                     error_type=type(failed.error).__name__,
                     delay=delay,
                     **self._step_fields(step, index),
@@ -206,6 +217,10 @@ class Runner:
         except Exception as error:
             self._checkpoint()  # a step that fails because it was cancelled was cancelled
             raise StepFailed(step, error) from error
+        except (CancellationError, GeneratorExit) as error:
+            if self.state.cancel_requested:
+                raise cancellation_error(self.state) from error
+            raise StepFailed(step, error) from error  # the step's own, with no cancel accepted: an error
         if type(result) is GeneratorType:
             return (yield from self._stream(index, step, result))
         self._checkpoint()  # the step ignored the cancel: its result is discarded
@@ -232,6 +247,9 @@ class Runner:
                 except StopIteration as stop:
                     value = stop.value
                     break
+                except GeneratorExit as error:
+                    # Raised by the step itself: the consumer's own GeneratorExit arrives at our yield below.
+                    raise _StepRaised(error) from error
                 finally:
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
@@ -251,17 +269,21 @@ class Runner:
                 if sink is not None:
                     sink(event)
                 yield event
-        except CancellationError:
+        except CancellationError as error:
             self._step_gen = None
+            if not state.cancel_requested:  # the step's own, with no cancel accepted: an error
+                yield self.emit(RunErrorEvent, error=safe_str(error), error_type=type(error).__name__, **run_fields)
+                raise StepFailed(step, error) from error
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
             raise
-        except Exception as error:
+        except Exception as raised:  # noqa: BLE001 — the step's error, re-raised as StepFailed below
             self._step_gen = None
+            failure = raised.error if type(raised) is _StepRaised else raised
             if state.cancel_requested:
                 yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
-                raise cancellation_error(state) from error
-            yield self.emit(RunErrorEvent, error=str(error), error_type=type(error).__name__, **run_fields)
-            raise StepFailed(step, error) from error
+                raise cancellation_error(state) from failure
+            yield self.emit(RunErrorEvent, error=safe_str(failure), error_type=type(failure).__name__, **run_fields)
+            raise StepFailed(step, failure) from failure
         self._step_gen = None
         if state.cancel_requested:  # the step swallowed the cancel and returned
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
@@ -290,7 +312,7 @@ class Runner:
         TIMER.stop(state)
         if final is RunStatus.error:
             error = self.failure.error if self.failure is not None else RuntimeError("run failed")
-            state.error, state.error_type = str(error), type(error).__name__
+            state.error, state.error_type = safe_str(error), type(error).__name__
         self.output = self._output(final)
         try:
             terminal = self._emit_terminal(final)

@@ -136,15 +136,18 @@ class RunContext:
 def _wait_for(state: RunState, event: threading.Event | None, deadline: float | None) -> bool:
     """Wait for ``event`` (or only the deadline); wake early on an unshielded cancel."""
     if event is None:
-        while not state.delivers_cancel:
+        while True:
+            # One read decides: a cancel accepted after it sets cancel_event, which wakes the wait.
+            requested = state.cancel_requested
+            if requested and not state.shield_depth:
+                return False
             remaining = _remaining(deadline)
             if remaining == 0.0:
                 return False
-            if state.cancel_requested:  # shielded: the cancel cannot wake us
+            if requested:  # shielded: the cancel cannot wake us
                 time.sleep(remaining if remaining is not None else _MAX_SLICE)
             else:
                 state.cancel_event.wait(remaining)
-        return False
     return _wait_for_event(state, event, deadline)
 
 

@@ -40,12 +40,14 @@ class RunStream:
     ``cancelled``. ``output`` is the ``WorkflowRunOutput`` once the stream has ended.
     """
 
-    __slots__ = ("__weakref__", "_consumer", "_gen", "_runner")
+    __slots__ = ("__weakref__", "_claim", "_consumer", "_gen", "_runner")
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._gen: Generator[BaseEvent, None, None] = runner.events()
-        self._consumer: int | None = None  # the thread iterating, once one is
+        self._consumer: int | None = None  # the thread iterating (or closing), once one is
+        # Taken only until a thread owns the stream, and by a close() of an unstarted one.
+        self._claim = threading.Lock()
         # A generator that never started runs no code when it is collected, so
         # the abandoned-before-start case is recorded from a finaliser instead.
         weakref.finalize(self._gen, finish_soon, runner.abandon)
@@ -69,24 +71,53 @@ class RunStream:
         # One generator per loop: when a ``for`` loop is left by ``break`` it
         # drops this iterator, whose close() closes the run (SPEC §3 rule 8)
         # even while the caller still holds the stream.
-        self._consumer = threading.get_ident()
+        if self._consumer is None:
+            self._own()
         yield from self._gen  # type: ignore[misc]  # the runner yields only Event members
+        yield from self._unsent()
 
     def __next__(self) -> Event:
-        self._consumer = threading.get_ident()
-        return next(self._gen)  # type: ignore[return-value]
+        if self._consumer is None:
+            self._own()
+        try:
+            return next(self._gen)  # type: ignore[return-value]
+        except StopIteration:
+            for event in self._unsent():
+                return event
+            raise
+
+    def _own(self) -> None:
+        with self._claim:
+            if self._consumer is None:
+                self._consumer = threading.get_ident()
+
+    def _unsent(self) -> Iterator[Event]:
+        """What was recorded after the consumer left, for a consumer that comes back (once each)."""
+        with self._claim:  # a close() of an unstarted stream may still be recording them
+            unsent = self._runner.unsent
+        while unsent:
+            yield unsent.pop(0)  # type: ignore[misc]  # the runner records only Event members
 
     def close(self) -> None:
-        """Stop consuming: cancels a run that has not ended (cause ``stream_closed``).
+        """Stop consuming: cancels a run that has not ended (cause ``stream_closed``). Never raises.
 
         From the consuming thread, the step's cleanup has run when it returns.
         From another thread (or from step code) it only requests the cancel:
         the consumer's next ``next()`` delivers it, so two threads never drive
-        the run at once.
+        the run at once. A stream closed before anyone iterated it is recorded
+        at once; iterating it afterwards yields ``workflow_started`` and
+        ``workflow_cancelled`` (cause ``stream_closed``) — every consumer sees
+        exactly one terminal event.
         """
-        consumer = self._consumer
-        running = inspect.getgeneratorstate(self._gen) == inspect.GEN_RUNNING
-        if running or (consumer is not None and consumer != threading.get_ident()):
+        me = threading.get_ident()
+        with self._claim:
+            consumer = self._consumer
+            if consumer is None:  # nobody iterates it yet: this thread ends it before anyone can
+                self._consumer = me
+                self._gen.close()
+                self._runner.abandon()
+                return
+        if consumer != me or inspect.getgeneratorstate(self._gen) == inspect.GEN_RUNNING:
             REGISTRY.cancel(self._runner.state, None, CancelCause.stream_closed)
             return
         started = inspect.getgeneratorstate(self._gen) != inspect.GEN_CREATED

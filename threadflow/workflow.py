@@ -12,6 +12,7 @@ from typing import Any, Literal, TypedDict, Unpack, overload
 from ._asyncbridge import until_done
 from ._background import WorkerPool
 from ._gcdefer import drain
+from ._printable import safe_repr
 from ._registry import LOCAL_RUNS, REGISTRY, RunState, new_run_id
 from ._runlog import EventLog
 from ._runner import Runner
@@ -63,7 +64,7 @@ def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEven
             inner(event)
         if _event_logger.isEnabledFor(logging.DEBUG):
             # repr() for content JSON cannot hold: logging must never fail a run
-            _event_logger.debug("%s", event.model_dump_json(fallback=repr))
+            _event_logger.debug("%s", event.model_dump_json(fallback=safe_repr))
 
     return log_event
 

@@ -56,7 +56,7 @@ class MemoryStore:
         selected = [
             info
             for info in runs
-            if (status is None or info.status is status) and (workflow_id is None or info.workflow_id == workflow_id)
+            if (status is None or info.status == status) and (workflow_id is None or info.workflow_id == workflow_id)
         ]
         return selected if limit is None else selected[:limit]
 
