@@ -69,13 +69,14 @@ def _layer(module: str) -> int:
 
 def _top_level_imports(path: pathlib.Path) -> set[str]:
     """The package modules a file imports at import time (relative imports, outside TYPE_CHECKING)."""
-    in_subpackage = path.parent != PACKAGE
+    package = path.relative_to(PACKAGE).parts[:-1]  # () for a top-level module, ("storage", "sqlite") deeper
     found: set[str] = set()
     for node in ast.parse(path.read_text()).body:
         if not isinstance(node, ast.ImportFrom) or node.level == 0:
             continue
-        if in_subpackage and node.level == 1:
-            continue  # a sibling inside storage/ or models/
+        base = package[: len(package) - (node.level - 1)]  # the package the relative import starts from
+        if base:
+            continue  # inside the same top-level package (storage/, models/): siblings and parents
         if node.module:
             found.add(node.module.split(".")[0])
         else:  # "from . import X": a submodule, or a name re-exported by __init__

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Iterable
 
 from .._reaper import drain
-from ..events import RunInfo
+from ..events import CancelCause, RunInfo
 from ..registry import REGISTRY
 from .base import RunStore
 from .memory import MemoryStore
@@ -39,8 +39,22 @@ def default_store() -> RunStore:
         return store
 
 
+class _TempLocalRuns:  # TEMP-BIND (integrator: drop, the core binds)
+    def cancel(self, run_id: str, reason: str | None) -> bool:  # TEMP-BIND (integrator: drop, the core binds)
+        drain()  # TEMP-BIND (integrator: drop, the core binds)
+        cause = CancelCause.requested  # TEMP-BIND (integrator: drop, the core binds)
+        return REGISTRY.request_cancel(run_id, reason, cause)  # TEMP-BIND (integrator: drop, the core binds)
+
+    def info(self, run_id: str) -> RunInfo | None:  # TEMP-BIND (integrator: drop, the core binds)
+        state = REGISTRY.get(run_id)  # TEMP-BIND (integrator: drop, the core binds)
+        return None if state is None else state.info()  # TEMP-BIND (integrator: drop, the core binds)
+
+
 def track_store(store: RunStore) -> None:
     """Remember a store in use so that ``threadflow.get_run()`` can find finished runs in it."""
+    bind = getattr(store, "bind_local_runs", None)  # TEMP-BIND (integrator: drop, the core binds)
+    if bind is not None:  # TEMP-BIND (integrator: drop, the core binds)
+        bind(_TempLocalRuns())  # TEMP-BIND (integrator: drop, the core binds)
     if store is not _memory:
         with _lock:
             try:
