@@ -3,6 +3,7 @@ abandoned runs, the cancel watcher and concurrency (SPEC §5, §6; issue 4)."""
 
 from __future__ import annotations
 
+import ast
 import gc
 import hashlib
 import logging
@@ -234,7 +235,9 @@ def test_close_is_idempotent_and_the_store_can_be_used_again(store: SqliteStore)
     store.close()
     store.close()
     output = Workflow("after close", steps=[streaming("x")], store=store).run()
-    assert store.get_run(output.run_id) is not None
+    info = store.get_run(output.run_id)
+    assert info is not None and info.status is RunStatus.completed
+    assert len(check_run_events(store.events(output.run_id))) == 7  # written to the reopened file, not just kept
 
 
 def test_threadflow_db_enables_the_store(monkeypatch: pytest.MonkeyPatch, db: Path) -> None:
@@ -320,7 +323,7 @@ def test_an_exited_owner_is_dead_even_before_it_is_collected() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
 def test_a_nudge_carries_the_request_and_garbage_is_ignored() -> None:
-    within(lambda: not WATCHER.running)  # it would own this process's inbox (it stops once runs have ended)
+    assert WATCHER.wait_stopped(10)  # it would own this process's inbox (it stops once runs have ended)
     opened = open_inbox()
     assert opened is not None
     inbox, token = opened
@@ -498,6 +501,43 @@ def test_the_watcher_cancels_a_run_another_process_asked_for(store: SqliteStore,
     )
 
 
+class RefusingRuns:
+    """A ``LocalRuns`` that refuses every cancel and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+
+    def cancel(self, run_id: str, reason: str | None) -> bool:
+        self.asked.append((run_id, reason))
+        return False
+
+    def info(self, run_id: str) -> RunInfo | None:
+        return None
+
+
+def test_the_store_acts_on_local_runs_only_through_what_it_was_lent(store: SqliteStore, db: Path) -> None:
+    parked = Parked()
+    handle = Workflow("lent", steps=[Step("parked", executor=parked)], store=store).run(background=True)
+    assert parked.reached.wait(10)
+    lent = RefusingRuns()
+    store.bind_local_runs(lent)  # the store must not reach past it to the registry
+    assert store.request_cancel(handle.run_id, "in this process") is False
+    request = ask_as_another_process(db, handle.run_id, "from elsewhere")
+    within(lambda: answer(db, request) == "refused")
+    assert lent.asked == [(handle.run_id, "in this process"), (handle.run_id, "from elsewhere")]
+    parked.release.set()
+    assert handle.wait(10) and handle.result().status is RunStatus.completed
+
+
+def test_the_sqlite_store_does_not_import_the_core_registry() -> None:
+    package = Path(threadflow.__file__).parent / "storage" / "sqlite"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            assert not any("registry" in name for name in names), f"{path.name} reaches into the core"
+
+
 def test_the_watcher_refuses_a_run_that_has_ended(store: SqliteStore, db: Path) -> None:
     ended = Workflow("done", steps=[streaming("x")], store=store).run().run_id
     parked = Parked()  # keeps the watcher running
@@ -509,14 +549,26 @@ def test_the_watcher_refuses_a_run_that_has_ended(store: SqliteStore, db: Path) 
     assert handle.wait(10)
 
 
-def test_the_watcher_runs_only_while_there_are_active_runs(store: SqliteStore) -> None:
+def listening(owner: RunOwner) -> bool:
+    """Whether a cancel watcher receives at the owner's inbox (a datagram it ignores: not a request)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.sendto(b"ping", inbox_address(owner))
+        except OSError:  # ConnectionRefusedError: nobody is bound there
+            return False
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
+def test_the_watcher_listens_only_while_there_are_active_runs(store: SqliteStore) -> None:
     parked = Parked()
     handle = Workflow("watched", steps=[Step("parked", executor=parked)], store=store).run(background=True)
     assert parked.reached.wait(10)
-    assert WATCHER.running
+    owner = store.owner(handle.run_id)
+    assert owner is not None and listening(owner)
     parked.release.set()
     assert handle.wait(10)
-    within(lambda: not WATCHER.running)
+    within(lambda: not listening(owner))  # its runs have ended: the inbox is closed, nobody can read it
 
 
 def test_an_owner_that_never_answers_gets_none_and_the_request_is_withdrawn(store: SqliteStore, db: Path) -> None:
@@ -786,7 +838,7 @@ def test_malformed_datagrams_do_not_stop_the_cancel_watcher(store: SqliteStore, 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
 def test_nobody_can_bind_the_cancel_inbox_first_and_read_requests(store: SqliteStore, db: Path) -> None:
-    within(lambda: not WATCHER.running)  # the next run starts a watcher, which binds a new inbox
+    assert WATCHER.wait_stopped(10)  # the next run starts a watcher, which binds a new inbox
     me = this_process()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as squatter:
         squatter.bind(f"\0threadflow-cancel-{me.pid}-{me.start}")  # where the inbox used to be: pid and start time

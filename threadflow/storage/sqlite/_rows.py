@@ -199,7 +199,7 @@ def insert_run(conn: sqlite3.Connection, buffer: RunBuffer, *, info: RunInfo, in
     ).fetchall()
     for key, *fields in active:
         previous = RunOwner(*fields)
-        if previous.same_process(owner):  # not active here (the registry said so): its end was never written
+        if previous.same_process(owner):  # not active here (the core said so): its end was never written
             record_abandoned(conn, key=key, error=_END_NOT_RECORDED)
         elif owner_alive(previous):
             raise DuplicateRunError(info.run_id)  # active in another live process
