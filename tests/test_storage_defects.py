@@ -176,13 +176,14 @@ def history(db: Path) -> str:
     return run_id
 
 
-def test_a_wal_history_whose_index_cannot_be_created_is_read(db: Path, history: str) -> None:
+@pytest.mark.parametrize("create", [False, True])
+def test_a_wal_history_whose_index_cannot_be_created_is_read(db: Path, history: str, create: bool) -> None:
     # A read-only file system: SQLite can create neither the -wal nor the -shm beside the file. Tests run as
     # root, whom chmod does not stop; links to a directory that does not exist fail their creation the same way.
     for suffix in ("-wal", "-shm"):
         Path(f"{db}{suffix}").symlink_to(db.parent / "no-such-directory" / suffix)
     before = digest(db)
-    with SqliteStore(db, create=False) as store:
+    with SqliteStore(db, create=create) as store:
         assert store.readonly
         info = store.get_run(history)
         assert info is not None and info.status is RunStatus.completed

@@ -165,20 +165,20 @@ def open_history(
     """Connect to ``path`` and check (or create) the schema; the connection, and whether it is read-only.
 
     Nothing is written to a file that fails the checks. An existing history
-    (``create=False``) that cannot be written — its file or directory
-    read-only, or its WAL index impossible to open for writing — is opened
-    read-only instead.
+    that cannot be written — its file or directory read-only, or its WAL
+    index impossible to open for writing — is opened read-only instead.
     """
-    if not create and not path.exists():
+    existed = path.exists()
+    if not create and not existed:
         raise StoreError(f"{path}: no such run history (the file does not exist)")
     if path.is_dir():
         raise StoreError(f"{path}: is a directory, not a run history")
-    if readonly or (not create and not writable(path)):
+    if readonly or (existed and not writable(path)):
         return _open_readonly(path, timeout), True
     try:
         return _open_writable(path, create=create, timeout=timeout), False
     except _CannotOpen:
-        if create:
+        if not existed:
             raise
     return _open_readonly(path, timeout), True
 

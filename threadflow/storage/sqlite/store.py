@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 import weakref
@@ -24,6 +25,8 @@ from ._schema import ACTIVE, ACTIVE_SQL, OWNER_COLUMNS
 from ._writer import Op, WriteQueue
 
 __all__ = ["SqliteStore"]
+
+logger = logging.getLogger("threadflow")
 
 
 class SqliteStore:
@@ -168,6 +171,10 @@ class SqliteStore:
         WATCHER.forget(self)
         try:
             self.flush()
+        except StoreError:
+            for run_id in self._writes.owed:
+                logger.error("threadflow: %s: closed before the end of run %s could be recorded", self.path, run_id)
+            raise
         finally:
             self._writes.stop()
             self._shared.close()
