@@ -60,6 +60,14 @@ class MemoryStore:
         ]
         return selected if limit is None else selected[:limit]
 
+    def run_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Up to ``limit`` ids of the kept runs that start with ``prefix``, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, not {limit!r}")
+        with self._lock:
+            run_ids = list(reversed(self._finished))
+        return [run_id for run_id in run_ids if run_id.startswith(prefix)][:limit]
+
     def events(self, run_id: str, after_seq: int = 0) -> Sequence[Event]:
         return []
 
