@@ -24,6 +24,7 @@ from collections.abc import Callable, Generator
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
+from ._aio import AsyncSteps, is_async
 from ._reaper import finish_soon
 from ._timer import TIMER
 from .context import RunContext, cancellation_error, current_context_var
@@ -99,6 +100,7 @@ class Runner:
         # The streaming step now suspended at a yield, with its index and step.
         self._step_gen: Generator[Any, None, Any] | None = None
         self._step_index = -1
+        self.aio = AsyncSteps(state)  # the run's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
 
     # -- events -------------------------------------------------------------
@@ -207,6 +209,8 @@ class Runner:
         )
         try:
             result = self._in_step(step.start, step_input)
+            if type(result) is not GeneratorType and is_async(result):  # an async step
+                result = self._in_step(self.aio.settle, step.name, result)
         except Exception as error:
             self._checkpoint()  # a step that fails because it was cancelled was cancelled
             raise StepFailed(step, error) from error
@@ -239,10 +243,12 @@ class Runner:
                 finally:
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
-                    self._close_quietly(gen)
-                    raise TypeError(
-                        f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
-                    )
+                    if not isinstance(chunk, str):
+                        self._close_quietly(gen)
+                        raise TypeError(
+                            f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
+                        )
+                    chunk = str.__str__(chunk)  # a str subclass is a string; the event holds a plain one
                 if state.cancel_requested and not state.shield_depth:
                     continue  # the checkpoint before handing it over: throw in at the top
                 chunks.append(chunk)
@@ -302,6 +308,7 @@ class Runner:
                 self.store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
+            self.aio.close()
         return terminal
 
     def _emit_terminal(self, final: RunStatus) -> BaseEvent:
