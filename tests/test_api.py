@@ -52,7 +52,7 @@ def test_package_is_typed() -> None:
 LAYERS = [
     {"events", "exceptions"},
     {"_reaper", "registry", "_timer", "context"},
-    {"retry", "agents", "steps", "models", "output"},
+    {"retry", "agents", "steps", "models", "output", "_aio"},
     {"_runner", "storage", "handles", "testing"},
     {"_background", "workflow", "control"},
     {"cli", "_cli_runs", "server", "client", "__init__", "__main__"},

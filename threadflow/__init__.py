@@ -20,6 +20,7 @@ from .exceptions import WorkflowError as WorkflowError
 from .handles import RunHandle as RunHandle
 from .handles import RunStream as RunStream
 from .output import WorkflowRunOutput as WorkflowRunOutput
+from .retry import RetryPolicy as RetryPolicy
 from .steps import Step as Step
 from .steps import StepInput as StepInput
 from .workflow import Workflow as Workflow
@@ -32,6 +33,7 @@ __all__ = [
     "CancellationError",
     "DuplicateRunError",
     "Model",
+    "RetryPolicy",
     "RunContext",
     "RunEvent",
     "RunHandle",

@@ -81,7 +81,8 @@ class AsyncSteps:
         context = contextvars.copy_context()
         delivery = _Delivery(self._state, loop)
         context.run(_UNSHIELD.set, delivery.land if cancellable else None)
-        task = delivery.task = loop.create_task(coro, context=context)
+        task = loop.create_task(coro, context=context)
+        delivery.task = task
         if cancellable:
             REGISTRY.add_callback(self._state, delivery.request)
         try:

@@ -166,7 +166,7 @@ class Runner:
     def _run_step(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
         """Run one step, retrying failed attempts as its policy says."""
         ctx = self.ctx
-        attempts = step.retry.attempts(ctx.sleep) if step.retries else None
+        attempts = step.retry.attempts(ctx.sleep) if step.retry is not None else None
         attempt = 1
         while True:
             ctx.attempt = attempt
