@@ -50,11 +50,13 @@ def is_async(result: object) -> bool:
 class AsyncSteps:
     """One run's private event loop: made on first use, reused, closed by ``close()``."""
 
-    __slots__ = ("_loop", "_state")
+    __slots__ = ("_loop", "_spawned", "_state")
 
     def __init__(self, state: RunState) -> None:
         self._state = state
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Tasks the steps' own code created (held, as asyncio asks, until the step ends).
+        self._spawned: set[asyncio.Task[Any]] = set()
 
     def settle(self, step_name: str, result: Any) -> Any:
         """``result`` with its async part resolved: awaited, or an async generator as a plain one.
@@ -81,7 +83,7 @@ class AsyncSteps:
         context = contextvars.copy_context()
         delivery = _Delivery(self._state, loop)
         context.run(_UNSHIELD.set, delivery.land if cancellable else None)
-        task = loop.create_task(coro, context=context)
+        task = asyncio.Task(coro, loop=loop, context=context)  # not through the factory: not "spawned"
         delivery.task = task
         if cancellable:
             REGISTRY.add_callback(self._state, delivery.request)
@@ -101,8 +103,7 @@ class AsyncSteps:
         if loop is None:
             return
         try:
-            _run_until_complete(loop, loop.create_task(loop.shutdown_asyncgens()))
-            _run_until_complete(loop, loop.create_task(loop.shutdown_default_executor()))
+            _run_until_complete(loop, loop.create_task(_shut_down(loop)))
         finally:
             loop.close()
 
@@ -112,21 +113,29 @@ class AsyncSteps:
         return self._loop
 
     def _open(self) -> asyncio.AbstractEventLoop:
-        self._loop = asyncio.new_event_loop()
-        return self._loop
+        loop = self._loop = asyncio.new_event_loop()
+        spawned = self._spawned
+
+        # asyncio.all_tasks() walks every task of the process: too slow to ask after every step.
+        def spawn(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            task = asyncio.Task(coro, loop=loop, **kwargs)
+            spawned.add(task)
+            return task
+
+        loop.set_task_factory(spawn)
+        return loop
 
     def _reap(self) -> None:
         """Cancel the tasks a step left behind and let them finish, as ``asyncio.run`` does."""
         loop = self._loop
-        if loop is None:
-            return
-        leftovers = asyncio.all_tasks(loop)
-        if not leftovers:
-            return
-        for task in leftovers:
-            task.cancel()
-        gathered = asyncio.gather(*leftovers, return_exceptions=True)
-        _run_until_complete(loop, gathered)
+        while loop is not None and self._spawned:
+            leftovers = [task for task in self._spawned if not task.done()]
+            self._spawned.clear()
+            if not leftovers:
+                return
+            for task in leftovers:
+                task.cancel()
+            _run_until_complete(loop, asyncio.gather(*leftovers, return_exceptions=True))
 
     def _drive(self, step_name: str, agen: Any) -> Generator[Any, None, None]:
         """A plain generator over ``agen``: each ``next`` runs one ``__anext__`` on the loop.
@@ -148,6 +157,11 @@ class AsyncSteps:
                 self.run(step_name, _await(agen.aclose()), cancellable=False)
             finally:
                 self._reap()
+
+
+async def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
+    await loop.shutdown_asyncgens()
+    await loop.shutdown_default_executor()
 
 
 class _Done:
