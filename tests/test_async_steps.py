@@ -492,3 +492,52 @@ def test_true_means_cancelled_when_racing_an_async_step_to_completion() -> None:
         else:
             assert out.status is RunStatus.completed
     threadflow.shutdown(PROMPT)
+
+
+def test_sync_checkpoints_inside_an_async_step_raise_cancellation_error() -> None:
+    log: list[str] = []
+    sleeping = threading.Event()
+
+    async def mixed(si: StepInput) -> str:
+        ctx = get_context()
+        try:
+            sleeping.set()
+            ctx.sleep(WAIT)  # blocks the loop's thread, yet wakes on the cancel
+        except threadflow.CancellationError:
+            log.append("CancellationError from ctx.sleep")
+        try:
+            await asyncio.sleep(WAIT)  # swallowed above, the cancel still interrupts the next await
+        except asyncio.CancelledError:
+            log.append("CancelledError at the next await")
+        try:
+            ctx.check_cancellation()  # and the sync checkpoints stay level-triggered
+        except threadflow.CancellationError:
+            log.append("CancellationError from check_cancellation")
+            raise
+        return "not reached"
+
+    handle = Workflow("a", steps=[mixed]).run(background=True)
+    assert sleeping.wait(PROMPT)
+    assert handle.cancel() is True
+    assert handle.result(PROMPT).status is RunStatus.cancelled
+    assert log == [
+        "CancellationError from ctx.sleep",
+        "CancelledError at the next await",
+        "CancellationError from check_cancellation",
+    ]
+    threadflow.shutdown(PROMPT)
+
+
+def test_arun_stream_of_an_async_generator_step() -> None:
+    async def words(si: StepInput) -> AsyncIterator[str]:
+        for word in ["a", "b"]:
+            await asyncio.sleep(0)
+            yield word
+
+    wf = Workflow("a", steps=[words])
+
+    async def main() -> list[str]:
+        stream = await wf.arun(stream=True)
+        return [e.content async for e in stream if isinstance(e, RunContentEvent)]
+
+    assert asyncio.run(main()) == ["a", "b"]
