@@ -42,9 +42,13 @@ T = TypeVar("T")
 _UNSHIELD = unshield_hook_var()
 
 
+# What most plain steps return; answered without inspect's ABC checks, on every step's hot path.
+_PLAIN = frozenset({type(None), str, int, float, bool, bytes, list, dict, tuple})
+
+
 def is_async(result: object) -> bool:
     """True for what an async step hands back: an awaitable or an async generator."""
-    return inspect.isawaitable(result) or inspect.isasyncgen(result)
+    return type(result) not in _PLAIN and (inspect.isawaitable(result) or inspect.isasyncgen(result))
 
 
 class AsyncSteps:
