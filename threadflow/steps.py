@@ -5,6 +5,9 @@ or an *agent*. A plain executor's return value is the step's output. An
 executor that returns a generator streams: every ``str`` it yields becomes a
 ``RunContentEvent``, and its return value — or, when it returns ``None``, the
 yielded strings joined — is the output. An agent streams its model's tokens.
+An ``async def`` executor (or one returning a coroutine) is awaited, and an
+async-generator executor streams like a generator, on the run's private event
+loop (``threadflow._aio``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Step:
     """One named unit of a workflow: an executor or an agent, retried on failure if asked.
 
     Raises ``ValueError`` unless exactly one of ``executor`` / ``agent`` is given.
+    ``retry=RetryPolicy(...)`` sets how failures are retried; ``max_retries`` /
+    ``retry_delay`` / ``retry_wait`` are shorthands for one (``ValueError`` with both).
     """
 
     __slots__ = ("agent", "description", "executor", "name", "retry")
