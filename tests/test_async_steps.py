@@ -541,3 +541,20 @@ def test_arun_stream_of_an_async_generator_step() -> None:
         return [e.content async for e in stream if isinstance(e, RunContentEvent)]
 
     assert asyncio.run(main()) == ["a", "b"]
+
+
+@pytest.mark.stress
+def test_once_an_arun_stream_has_ended_its_run_id_is_free_again() -> None:
+    # Regression: the stream ended on the terminal event, which is logged before the run
+    # leaves the registry, so reusing the id at once could raise DuplicateRunError.
+    async def words(si: StepInput) -> AsyncIterator[str]:
+        yield "a"
+
+    wf = Workflow("a", steps=[words])
+
+    async def consume(run_id: str) -> list[str]:
+        return [str(e.event) async for e in wf.arun(run_id=run_id, stream=True)]
+
+    for i in range(40):
+        assert asyncio.run(consume(f"again-{i}"))[-1] == "workflow_completed"
+        assert wf.run(run_id=f"again-{i}").status is RunStatus.completed

@@ -359,7 +359,8 @@ class AsyncRunStream:
                 for event in await _next_batch(handle.log, cursor):
                     cursor += 1
                     yield event  # type: ignore[misc]  # the runner logs only Event members
-                    if event.terminal:
+                    if event.terminal:  # logged before the run leaves the registry: wait for that
+                        await _until_done(handle)
                         return
         except asyncio.CancelledError:
             handle.cancel("the awaiting asyncio task was cancelled")
