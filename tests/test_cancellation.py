@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import names
 
 import threadflow
 from threadflow import (
@@ -23,20 +24,9 @@ from threadflow import (
     get_context,
     shield,
 )
+from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent, RunContentEvent, WorkflowCancelledEvent
-from threadflow.registry import REGISTRY
 from threadflow.testing import ScriptedModel, check_run_events
-
-
-@pytest.fixture(autouse=True)
-def _registry_is_empty_after() -> Iterator[None]:
-    yield
-    assert threadflow.active_runs() == [], "a run was leaked in the registry"
-    assert len(REGISTRY) == 0
-
-
-def names(events: list[BaseEvent]) -> list[str]:
-    return [str(e.event) for e in events]
 
 
 def cancel_from_thread(wf: Workflow, run_id: str, reason: str | None = None) -> bool:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import WAIT
 
 import threadflow
 from threadflow import (
@@ -24,18 +25,8 @@ from threadflow import (
 )
 from threadflow._timer import TIMER
 from threadflow.events import BaseEvent, RunContentEvent, RunStartedEvent
-from threadflow.registry import REGISTRY
 from threadflow.storage import MemoryStore
 from threadflow.testing import check_run_events
-
-WAIT = 10.0
-
-
-@pytest.fixture(autouse=True)
-def _registry_is_empty_after() -> Iterator[None]:
-    yield
-    assert threadflow.active_runs() == []
-    assert len(REGISTRY) == 0
 
 
 class RecordingStore(MemoryStore):

@@ -10,22 +10,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import pytest
+from conftest import WAIT, names
 
 from threadflow import CancelCause, CancellationError, RunStatus, Step, StepInput, Workflow, get_context
-from threadflow.events import BaseEvent, RunCancelledEvent, WorkflowCancelledEvent
+from threadflow.events import RunCancelledEvent, WorkflowCancelledEvent
 from threadflow.testing import check_run_events
 
-pytestmark = pytest.mark.usefixtures("no_leaked_runs")
-
-WAIT = 10.0
 BUDGET = 0.3
-
-
-def names(events: Sequence[BaseEvent]) -> list[str]:
-    return [str(e.event) for e in events]
 
 
 def spin_until_cancelled(seconds: float = WAIT) -> str:

@@ -31,9 +31,9 @@ import inspect
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
+from ._registry import REGISTRY, RunState
 from .context import cancellation_error, unshield_hook_var
 from .exceptions import CancellationError
-from .registry import REGISTRY, RunState
 
 __all__ = ["AsyncSteps", "is_async"]
 

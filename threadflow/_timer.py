@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 
-from .events import CancelCause
-from .registry import REGISTRY, RunState
+from ._registry import REGISTRY, RunState
+from .status import CancelCause
 
 __all__ = ["TIMER"]
 

@@ -11,7 +11,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from ..events import BaseEvent, Event, RunInfo, RunStatus
+from .._validate import check_count
+from ..events import BaseEvent, Event
+from ..status import RunInfo, RunStatus
 
 __all__ = ["MemoryStore"]
 
@@ -22,9 +24,7 @@ class MemoryStore:
     records_events = False
 
     def __init__(self, max_runs: int = 1000) -> None:
-        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 0:
-            raise ValueError(f"max_runs must be a non-negative int, not {max_runs!r}")
-        self.max_runs = max_runs
+        self.max_runs = check_count("max_runs", max_runs)
         self._lock = threading.Lock()
         self._finished: OrderedDict[str, RunInfo] = OrderedDict()
 

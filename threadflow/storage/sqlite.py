@@ -103,18 +103,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from .._registry import REGISTRY
+from .._validate import check_reason
 from ..events import (
     BaseEvent,
     CancelCause,
     Event,
     RunContentEvent,
-    RunInfo,
-    RunStatus,
     WorkflowErrorEvent,
     WorkflowStartedEvent,
 )
 from ..exceptions import DuplicateRunError
-from ..registry import REGISTRY, check_reason
+from ..status import RunInfo, RunStatus
 from ._eventlog import Chunk, RunBuffer, Tokens, clean_text, decode_chunk
 from ._process import Nudge, RunOwner, nudge, open_inbox, owner_alive, this_process, wait_for_nudge
 

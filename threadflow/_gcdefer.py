@@ -1,4 +1,4 @@
-"""Finishing runs abandoned inside a garbage collection, outside of it.
+"""Deferring the finalisation of runs abandoned inside a garbage collection to a safe point.
 
 A ``RunStream`` caught in a reference cycle is finalised by the cyclic
 collector, which runs at an arbitrary allocation in an arbitrary thread —
