@@ -22,6 +22,7 @@ from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from ._abandon import abandon, crash, throw_cancel
+from ._aio import AsyncSteps, is_async
 from ._fastevents import make_event
 from ._gcdefer import finish_soon
 from ._printable import safe_str
@@ -106,6 +107,7 @@ class Runner:
         # The streaming step now suspended at a yield, with its index and step.
         self._step_gen: Generator[Any, None, Any] | None = None
         self._step_index = -1
+        self.aio = AsyncSteps(state)  # the run's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
 
     # -- events -------------------------------------------------------------
@@ -171,7 +173,7 @@ class Runner:
     def _run_step(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
         """Run one step, retrying failed attempts as its policy says."""
         ctx = self.ctx
-        attempts = step.retry.attempts(ctx.sleep) if step.retries else None
+        attempts = step.retry.attempts(ctx.sleep) if step.retry is not None else None
         attempt = 1
         while True:
             ctx.attempt = attempt
@@ -214,6 +216,8 @@ class Runner:
         )
         try:
             result = self._in_step(step.start, step_input)
+            if type(result) is not GeneratorType and is_async(result):  # an async step
+                result = self._in_step(self.aio.settle, step.name, result)
         except Exception as error:
             self._checkpoint()  # a step that fails because it was cancelled was cancelled
             raise StepFailed(step, error) from error
@@ -253,10 +257,12 @@ class Runner:
                 finally:
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
-                    self._close_quietly(gen)
-                    raise TypeError(
-                        f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
-                    )
+                    if not isinstance(chunk, str):
+                        self._close_quietly(gen)
+                        raise TypeError(
+                            f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
+                        )
+                    chunk = str.__str__(chunk)  # a str subclass is a string; the event holds a plain one
                 if state.cancel_requested and not state.shield_depth:
                     continue  # the checkpoint before handing it over: throw in at the top
                 chunks.append(chunk)
@@ -320,6 +326,7 @@ class Runner:
                 self.store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
+            self.aio.close()
         return terminal
 
     def _emit_terminal(self, final: RunStatus) -> BaseEvent:
