@@ -46,7 +46,7 @@ from .events import (
 )
 from .exceptions import CancellationError, WorkflowError
 from .output import WorkflowRunOutput
-from .status import RunStatus
+from .status import CancelCause, RunStatus
 from .steps import Step, StepInput
 
 if TYPE_CHECKING:
@@ -109,6 +109,14 @@ class Runner:
         self._step_index = -1
         self.aio = AsyncSteps(state)  # the run's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
+
+    def __del__(self) -> None:
+        # The last safety net of "no leaks": a runner dropped while its run is still registered and
+        # active (an interrupt between registering the run and handing it to its caller, a generator
+        # that never started) finishes the run, at a safe point if a garbage collection dropped it.
+        state = self.state
+        if not state.status.is_terminal and REGISTRY.get(state.run_id) is state:
+            finish_soon(self.abandon)
 
     # -- events -------------------------------------------------------------
 
@@ -314,13 +322,13 @@ class Runner:
         leaves the registry and its output is set; the failure then propagates.
         """
         state = self.state
-        final = REGISTRY.finish(state, wanted)
-        TIMER.stop(state)
-        if final is RunStatus.error:
-            error = self.failure.error if self.failure is not None else RuntimeError("run failed")
-            state.error, state.error_type = safe_str(error), type(error).__name__
-        self.output = self._output(final)
-        try:
+        try:  # from the decision on: whatever interrupts this (Ctrl+C, a store), the entry goes
+            final = REGISTRY.finish(state, wanted)
+            TIMER.stop(state)
+            if final is RunStatus.error:
+                error = self.failure.error if self.failure is not None else RuntimeError("run failed")
+                state.error, state.error_type = safe_str(error), type(error).__name__
+            self.output = self._output(final)
             terminal = self._emit_terminal(final)
             if self.store is not None:
                 self.store.run_ended(state.info())
@@ -370,6 +378,15 @@ class Runner:
                 output,
             ) from (failure.error if failure is not None else None)
         return output
+
+    def interrupt(self, error: BaseException) -> None:
+        """A ``KeyboardInterrupt`` stopped the run: a cancel (cause ``shutdown``) that the caller also sees.
+
+        The step's cleanup runs as for any cancel and the run is recorded
+        ``cancelled``; the caller re-raises ``error``. Does nothing once the run has ended.
+        """
+        REGISTRY.cancel(self.state, f"interrupted ({type(error).__name__})", CancelCause.shutdown)
+        abandon(self)
 
     def _fail(self, error: BaseException) -> None:
         """End the run ``error`` with ``error`` as the failure of the step it was in."""
