@@ -76,7 +76,12 @@ def run_python(code: str, **env: str) -> str:
     environment = {key: value for key, value in os.environ.items() if key != "THREADFLOW_VALIDATE_EVENTS"}
     environment.update(env)
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=environment, timeout=60
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
