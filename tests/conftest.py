@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Before threadflow is imported (it reads this once): every event the suite makes is checked
+# against pydantic's validation (threadflow._fastevents). Subprocesses the tests start inherit it.
+# THREADFLOW_VALIDATE_EVENTS=0 in the environment runs the suite on the fast path alone.
+os.environ.setdefault("THREADFLOW_VALIDATE_EVENTS", "1")
+
 import threading
 from collections.abc import Iterable, Iterator
 

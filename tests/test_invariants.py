@@ -3,9 +3,12 @@ every run keeps the SPEC §2/§3 invariants."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from hypothesis import event as note_outcome
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +97,114 @@ def test_every_run_keeps_the_invariants(kinds: list[str], action: str, at: int) 
     assert len(REGISTRY) == 0
     info = threadflow.get_run(stream.run_id)
     assert info is not None and info.status is output.status
+
+
+# -- the same invariants with another thread cancelling, retries and timeouts (issue 8 item 21) --------
+#
+# The test above cancels from the consuming thread, at an exact event. This one cancels from another
+# thread while the run goes on (so the cancel lands wherever the two threads happen to be), mixes in
+# retries, step timeouts and run timeouts, and drives runs both as streams and in the background. The
+# suite runs with THREADFLOW_VALIDATE_EVENTS=1 (conftest.py), so every event built here is also
+# checked against pydantic's validation.
+
+
+def fn_flaky(si: StepInput) -> str:
+    if threadflow.get_context().attempt == 1:
+        raise ValueError("first attempt fails")
+    return "recovered"
+
+
+def fn_sleep(si: StepInput) -> str:
+    threadflow.get_context().sleep(0.002)
+    return "slept"
+
+
+def gen_busy(si: StepInput) -> Iterator[str]:
+    """Streams for up to 30 ms, long enough for a short timeout or the other thread to land."""
+    deadline = time.monotonic() + 0.03
+    while time.monotonic() < deadline:
+        yield "."
+
+
+def fn_busy(si: StepInput) -> str:
+    ctx = threadflow.get_context()
+    deadline = time.monotonic() + 0.03
+    while time.monotonic() < deadline:
+        ctx.check_cancellation()
+    return "busy"
+
+
+MORE_KINDS: dict[str, Callable[[StepInput], Any]] = {
+    **KINDS,
+    "fn_flaky": fn_flaky,
+    "fn_sleep": fn_sleep,
+    "gen_busy": gen_busy,
+    "fn_busy": fn_busy,
+}
+
+step_specs = st.tuples(
+    st.sampled_from(sorted(MORE_KINDS)),
+    st.integers(min_value=0, max_value=2),  # max_retries
+    st.sampled_from([None, 0.005, 0.02, 1.0]),  # Step(timeout=)
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    specs=st.lists(step_specs, min_size=1, max_size=4),
+    background=st.booleans(),
+    run_timeout=st.sampled_from([None, 0.01, 0.05, 1.0]),
+    cancel_after=st.one_of(st.none(), st.integers(min_value=0, max_value=8)),
+)
+def test_runs_cancelled_from_another_thread_with_retries_and_timeouts_keep_the_invariants(
+    specs: list[tuple[str, int, float | None]], background: bool, run_timeout: float | None, cancel_after: int | None
+) -> None:
+    steps = [
+        Step(f"{kind}_{i}", executor=MORE_KINDS[kind], max_retries=retries, timeout=timeout)
+        for i, (kind, retries, timeout) in enumerate(specs)
+    ]
+    wf = Workflow("prop-threads", steps=steps)
+    seen_enough, answers = threading.Event(), []
+
+    def canceller(run_id: str) -> None:
+        seen_enough.wait(10)
+        answers.append(wf.cancel_run(run_id, "from another thread"))
+
+    if background:
+        handle = wf.run(background=True, run_timeout=run_timeout)
+        run_id, events_source = handle.run_id, handle.events()
+    else:
+        stream = wf.run(stream=True, run_timeout=run_timeout)
+        run_id, events_source = stream.run_id, iter(stream)
+    thread = threading.Thread(target=canceller, args=(run_id,))
+    thread.start()
+    events = []
+    try:
+        for index, event in enumerate(events_source):
+            if index == cancel_after:
+                seen_enough.set()  # the cancel comes while this thread carries on
+            events.append(event)
+    finally:
+        seen_enough.set()
+        thread.join(10)
+    if background:
+        assert handle.wait(10)
+        output = handle.output
+    else:
+        output = stream.output
+    assert output is not None
+
+    events = check_run_events(events)
+    note_outcome(f"{output.status.value} {output.cause.value if output.cause else ''}")  # --hypothesis-show-statistics
+    terminal = events[-1]
+    assert terminal.status is output.status  # type: ignore[attr-defined]
+    info = threadflow.get_run(run_id)
+    assert info is not None and info.status is output.status
+    if answers == [True]:
+        assert output.status is RunStatus.cancelled
+    if output.status is RunStatus.cancelled:
+        assert output.cause in (threadflow.CancelCause.requested, threadflow.CancelCause.timeout)
+        if output.cause is threadflow.CancelCause.timeout:
+            assert output.reason is not None and "timeout" in output.reason
+    assert len(REGISTRY) == 0
+    assert threadflow.active_runs() == []

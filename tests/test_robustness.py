@@ -87,11 +87,11 @@ def test_a_raising_done_callback_does_not_cost_a_worker_slot(caplog: pytest.LogC
     wf = Workflow("w", steps=[lambda si: registered.wait(WAIT)], max_concurrent_runs=1)
     first = wf.run(background=True)
 
-    def boom() -> None:
+    def boom(handle: object) -> None:
         raise RuntimeError("callback failed")
 
     first.add_done_callback(boom)
-    first.add_done_callback(called.set)  # runs even though the one before raised
+    first.add_done_callback(lambda handle: called.set())  # runs even though the one before raised
     registered.set()
     assert called.wait(WAIT)
     second = wf.run(background=True)

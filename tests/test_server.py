@@ -344,6 +344,7 @@ def test_a_run_belongs_to_its_workflow(http: httpx.Client, client: Client) -> No
         assert http.get(f"/workflows/echo/runs/{run_id}/events").status_code == 404
     finally:
         me.release.set()
+        assert_one_run(list(client.events("gated", run_id)))  # ended before the leak check looks
 
 
 # -- GET .../events -------------------------------------------------------------------

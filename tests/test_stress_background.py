@@ -314,7 +314,7 @@ def test_a_cancel_racing_the_pickup_of_a_queued_run_never_runs_it_twice_or_after
         get_context().sleep(0.0005)
         return "ok"
 
-    def meet_the_worker() -> None:
+    def meet_the_worker(handle: object) -> None:
         slot_free.wait(WAIT)
 
     wf = Workflow("race", steps=[step], max_concurrent_runs=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ._runlog import EventLog
 from .events import BaseEvent, Event
@@ -20,11 +20,11 @@ __all__ = ["follow", "until_done"]
 class _Finishing(Protocol):
     def done(self) -> bool: ...
 
-    def add_done_callback(self, callback: Callable[[], None]) -> None: ...
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None: ...
 
 
-def _threadsafe_setter(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> Callable[[], None]:
-    def set_from_any_thread() -> None:
+def _threadsafe_setter(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> Callable[..., None]:
+    def set_from_any_thread(*_: object) -> None:  # a done callback is given the handle; a log listener nothing
         # RuntimeError: the loop has closed, so nobody is waiting any more
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(wake.set)

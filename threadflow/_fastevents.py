@@ -2,13 +2,22 @@
 
 Machinery for the hot path; user code builds events with their constructors
 or ``parse_event``.
+
+The environment variable ``THREADFLOW_VALIDATE_EVENTS=1`` (read once, when
+threadflow is imported) makes ``make_event`` check every event it builds
+against pydantic's validation: a missing or wrongly typed field then raises
+``EventValidationError`` where the event is made, naming the event class and
+the field, instead of surfacing far away (a store, a client). threadflow's own
+test suite runs with it on. Off (the default), ``make_event`` is the fast
+function itself: the check costs nothing.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from .events import (
     RunCancelledEvent,
@@ -26,13 +35,23 @@ from .events import (
 )
 from .status import RunInfo
 
-__all__ = ["make_event"]
+__all__ = ["VALIDATE_EVENTS", "EventValidationError", "make_event"]
 
 
 _M = TypeVar("_M", bound=BaseModel)
 
+#: True when THREADFLOW_VALIDATE_EVENTS was set (to anything but "" or "0") at import.
+VALIDATE_EVENTS = os.environ.get("THREADFLOW_VALIDATE_EVENTS", "") not in ("", "0")
 
-def make_event(cls: type[_M], fields: dict[str, Any]) -> _M:
+
+class EventValidationError(AssertionError):
+    """Validating mode found an event threadflow built differently from what pydantic makes of the same fields.
+
+    A bug in threadflow, never in user code: the message names the event class and the field.
+    """
+
+
+def _make_event_fast(cls: type[_M], fields: dict[str, Any]) -> _M:
     """Build an event (or a ``RunInfo``) from trusted values without re-validating them.
 
     The runner builds every event from values it produced itself, so pydantic's
@@ -48,6 +67,51 @@ def make_event(cls: type[_M], fields: dict[str, Any]) -> _M:
     _set_extra(obj, None)
     _set_private(obj, None)
     return obj
+
+
+def _make_event_validated(cls: type[_M], fields: dict[str, Any]) -> _M:
+    """``_make_event_fast``, checked: the same fields validated by pydantic must give an equal model.
+
+    Raises ``EventValidationError`` naming the class and the field: an
+    unknown or missing field, a value pydantic rejects or would convert
+    (compared by type and value), or a different JSON dump.
+    """
+    fast = _make_event_fast(cls, fields)
+    unknown = sorted(set(fields) - set(cls.model_fields))
+    if unknown:
+        raise EventValidationError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    try:
+        checked = cls.model_validate(fields)
+    except ValidationError as error:
+        raise EventValidationError(f"{cls.__name__}: {error}") from error
+    for name in cls.model_fields:
+        _compare_field(cls, name, fast.__dict__[name], checked.__dict__[name])
+    if _dump(fast) != _dump(checked):
+        raise EventValidationError(f"{cls.__name__}: dumps {_dump(fast)}, validated dumps {_dump(checked)}")
+    return fast
+
+
+def _compare_field(cls: type[BaseModel], name: str, built: object, validated: object) -> None:
+    if built is validated or (type(built) is type(validated) and built == validated):
+        return
+    raise EventValidationError(
+        f"{cls.__name__}.{name}: built as {built!r} ({type(built).__name__}), "
+        f"pydantic makes it {validated!r} ({type(validated).__name__})"
+    )
+
+
+def _dump(obj: BaseModel) -> str:
+    try:
+        return obj.model_dump_json()
+    except Exception as error:  # noqa: BLE001 — an unserialisable value: both must fail alike
+        return f"<{type(error).__name__}: {error}>"
+
+
+make_event = _make_event_validated if VALIDATE_EVENTS else _make_event_fast
+"""Build an event (or a ``RunInfo``) from trusted values; see ``_make_event_fast``.
+
+Chosen once at import: the validated variant when ``THREADFLOW_VALIDATE_EVENTS`` is set.
+"""
 
 
 # BaseModel's own slot descriptors: setting them directly skips the frozen

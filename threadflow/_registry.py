@@ -26,6 +26,7 @@ from .exceptions import DuplicateRunError
 from .status import ACTIVE_STATUSES, CancelCause, RunInfo, RunStatus
 
 if TYPE_CHECKING:
+    from ._timer import Budget
     from .storage.base import RunStore
 
 __all__ = ["LOCAL_RUNS", "REGISTRY", "Registry", "RunState", "new_run_id"]
@@ -43,9 +44,7 @@ class RunState:
 
     __slots__ = (
         "__weakref__",
-        "active_since",
         "background",
-        "budget_left",
         "callbacks",
         "callbacks_running",
         "_cancel_event",
@@ -56,14 +55,15 @@ class RunState:
         "error",
         "error_type",
         "reason",
+        "run_budget",
         "run_id",
         "shield_depth",
         "started_at",
         "status",
+        "step_budget",
         "step_name",
         "store",
         "timeout",
-        "timer_generation",
         "workflow_id",
         "workflow_name",
     )
@@ -98,11 +98,10 @@ class RunState:
         # [set when they have run, the thread running them] while a cancel runs the callbacks
         self.callbacks_running: list[Any] | None = None
         self.background = background
-        # run_timeout bookkeeping, owned by threadflow._timer
-        self.timeout = timeout
-        self.budget_left = timeout
-        self.active_since = 0.0
-        self.timer_generation = 0
+        self.timeout = timeout  # run_timeout, in seconds
+        # The run's and the running step's budgets of active time, owned by threadflow._timer.
+        self.run_budget: Budget | None = None
+        self.step_budget: Budget | None = None
 
     @property
     def cancel_event(self) -> threading.Event:

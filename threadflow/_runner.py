@@ -187,7 +187,7 @@ class Runner:
             ctx.attempt = attempt
             self._checkpoint()
             try:
-                content = yield from self._attempt(index, step)
+                content = yield from self._timed_attempt(index, step)
             except StepFailed as failed:
                 REGISTRY.clear_callbacks(self.state)
                 delay = attempts.failed(failed.error) if attempts is not None else None
@@ -209,6 +209,23 @@ class Runner:
                 # they must still fire, so they are not dropped on that path.
                 REGISTRY.clear_callbacks(self.state)
                 return content
+
+    def _timed_attempt(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
+        """One attempt of ``step``, under its ``timeout`` when it has one: a budget per attempt.
+
+        Without a timeout this is the attempt itself, so the per-event path
+        gains no generator layer.
+        """
+        if step.timeout is None:
+            return self._attempt(index, step)
+        return self._attempt_with_deadline(index, step, step.timeout)
+
+    def _attempt_with_deadline(self, index: int, step: Step, seconds: float) -> Generator[BaseEvent, None, Any]:
+        TIMER.start_step(self.state, seconds, step.name)
+        try:
+            return (yield from self._attempt(index, step))
+        finally:
+            TIMER.end_step(self.state)  # an attempt that overran is cancelled by now
 
     def _in_step(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call ``fn`` with the run's context as the ambient one."""

@@ -7,6 +7,7 @@ checks are written to reject it too.
 
 from __future__ import annotations
 
+import math
 from typing import TypeGuard
 
 __all__ = ["check_count", "check_id", "check_reason", "check_seconds", "is_number"]
@@ -17,15 +18,18 @@ def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_seconds(what: str, value: object, *, positive: bool = False, optional: bool = False) -> float | None:
-    """``value`` as a float of seconds: ``>= 0`` (``> 0`` when ``positive``); None passes when ``optional``.
+def check_seconds(
+    what: str, value: object, *, positive: bool = False, optional: bool = False, finite: bool = False
+) -> float | None:
+    """``value`` as a float of seconds: ``>= 0`` (``> 0`` when ``positive``, not ``inf`` when ``finite``);
+    None passes when ``optional``.
 
     Raises ``ValueError`` naming ``what`` otherwise.
     """
     if value is None and optional:
         return None
-    if not is_number(value) or not (value > 0 if positive else value >= 0):
-        kind = "positive" if positive else "non-negative"
+    if not is_number(value) or not (value > 0 if positive else value >= 0) or (finite and math.isinf(value)):
+        kind = ("positive" if positive else "non-negative") + (" finite" if finite else "")
         suffix = " or None" if optional else ""
         raise ValueError(f"{what} must be a {kind} number of seconds{suffix}, not {value!r}")
     return float(value)

@@ -141,6 +141,22 @@ class RunHandle:
     """A run executing on a background worker thread.
 
     ``cancel()`` never waits for the run's code; ``wait()``/``result()`` do.
+
+    It reads like a ``concurrent.futures.Future`` where the two meet —
+    ``done()``, ``running()``, ``cancelled()``, ``result(timeout)``,
+    ``exception(timeout)``, ``add_done_callback(fn)`` — with these differences:
+
+    - ``result()`` of a cancelled run returns its ``WorkflowRunOutput``
+      (status ``cancelled``); a Future raises ``CancelledError``.
+    - ``result()`` of a failed run raises ``WorkflowError`` (carrying
+      ``.output``), whose ``__cause__`` is the step's exception;
+      ``exception()`` returns that step's exception, not the ``WorkflowError``.
+    - ``cancel()`` also stops a run that is already running (it returns True
+      iff the run was still active); a Future's cancel only stops one that
+      has not started. ``cancelled()`` becomes True only once the run has
+      ended, after its cleanup, not when ``cancel()`` returns.
+    - There is no ``set_result()`` / ``set_exception()``, and a handle is not
+      accepted by ``concurrent.futures.wait()`` / ``as_completed()``.
     """
 
     __slots__ = ("_callbacks", "_done", "_lock", "_log", "_runner")
@@ -150,7 +166,7 @@ class RunHandle:
         self._log = log
         self._done = threading.Event()
         self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] = []
+        self._callbacks: list[Callable[[RunHandle], object]] = []
 
     @property
     def run_id(self) -> str:
@@ -190,7 +206,18 @@ class RunHandle:
         return REGISTRY.cancel(self._runner.state, None, CancelCause.stream_closed)
 
     def done(self) -> bool:
+        """True once the run has ended and its output is set."""
         return self._done.is_set()
+
+    def running(self) -> bool:
+        """True while the run has started and not ended (``running``, ``waiting`` or ``cancelling``)."""
+        state = self._runner.state
+        return state.started_at is not None and not self._done.is_set() and not state.status.is_terminal
+
+    def cancelled(self) -> bool:
+        """True iff the run has ended ``cancelled``."""
+        output = self._runner.output
+        return self._done.is_set() and output is not None and output.status is RunStatus.cancelled
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run has ended (True) or ``timeout`` seconds pass (False)."""
@@ -205,6 +232,21 @@ class RunHandle:
             raise TimeoutError(f"run {self.run_id} has not ended after {timeout}s")
         return self._runner.result_or_raise()
 
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The exception of the step that failed the run (status ``error``); None for a completed or cancelled run.
+
+        It is the same object ``result()`` chains as the ``WorkflowError``'s
+        ``__cause__``. Raises ``TimeoutError`` if the run has not ended within
+        ``timeout`` seconds.
+        """
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.run_id} has not ended after {timeout}s")
+        failure = self._runner.failure
+        output = self._runner.output
+        if output is None or output.status is not RunStatus.error or failure is None:
+            return None
+        return failure.error
+
     def events(self, after_seq: int = 0) -> Iterator[Event]:
         """The run's events after ``after_seq``: what was emitted so far, then live ones, to the end."""
         return self._log.follow(check_count("after_seq", after_seq))
@@ -217,26 +259,31 @@ class RunHandle:
         """
         return follow(self._log, check_count("after_seq", after_seq))
 
-    def add_done_callback(self, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` once the run has ended (at once if it has), from the ending thread.
+    def add_done_callback(self, fn: Callable[[RunHandle], object]) -> None:
+        """Call ``fn(handle)`` once, when the run has ended.
 
-        An exception it raises is logged.
+        Called from the thread that ends the run, or at once in the calling
+        thread if it has already ended. An ``Exception`` it raises is logged
+        (logger ``threadflow``), never raised into the caller or the worker.
         """
         with self._lock:
             if not self._done.is_set():
-                self._callbacks.append(callback)
+                self._callbacks.append(fn)
                 return
-        callback()
+        self._call(fn)
 
     def _set_done(self) -> None:
         with self._lock:
             self._done.set()
             callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:  # a caller's callback must not take the worker thread down
-                logger.exception("threadflow: done callback %r of run %s raised", callback, self.run_id)
+        for fn in callbacks:
+            self._call(fn)
+
+    def _call(self, fn: Callable[[RunHandle], object]) -> None:
+        try:
+            fn(self)
+        except Exception:  # a caller's callback must not take the worker thread (or the caller) down
+            logger.exception("threadflow: done callback %r of run %s raised", fn, self.run_id)
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id} {self.status.value}>"

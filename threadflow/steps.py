@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tenacity.wait import WaitBaseT
 
+from ._validate import check_seconds
 from .retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -65,12 +66,17 @@ Executor = Callable[[StepInput], Any]
 class Step:
     """One named unit of a workflow: an executor or an agent, retried on failure if asked.
 
-    Raises ``ValueError`` unless exactly one of ``executor`` / ``agent`` is given.
     ``retry=RetryPolicy(...)`` sets how failures are retried; ``max_retries`` /
     ``retry_delay`` / ``retry_wait`` are shorthands for one (``ValueError`` with both).
+    ``timeout`` (seconds, positive and finite, or None) limits each attempt's
+    active time, counted like ``run_timeout`` (time in ``ctx.sleep`` /
+    ``ctx.wait`` does not count): an attempt that runs longer is cancelled
+    with cause ``timeout`` and the run ends ``cancelled`` (a timeout is not
+    retried). Raises ``ValueError`` unless exactly one of ``executor`` /
+    ``agent`` is given, or for a bad ``timeout``.
     """
 
-    __slots__ = ("agent", "description", "executor", "name", "retry")
+    __slots__ = ("agent", "description", "executor", "name", "retry", "timeout")
 
     def __init__(
         self,
@@ -83,6 +89,7 @@ class Step:
         retry_delay: float = 0.0,
         retry_wait: WaitBaseT | None = None,
         retry: RetryPolicy | None = None,
+        timeout: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a step needs a non-empty str name, not {name!r}")
@@ -98,6 +105,7 @@ class Step:
         self.agent = agent
         self.description = description
         self.retry = _retry_policy(name, retry, max_retries, retry_delay, retry_wait)
+        self.timeout = check_seconds(f"step {name!r}: timeout", timeout, positive=True, optional=True, finite=True)
 
     @property
     def agent_name(self) -> str | None:
