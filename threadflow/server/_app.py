@@ -86,7 +86,7 @@ class _Api:
         add("/workflows/{workflow_id}/runs", self.start_run, methods=["POST"], openapi_extra=start_body, **_ok(started))
         add(run, self.get_run, methods=["GET"], responses=answers.route_docs(404, 422), response_model=RunInfo)
         events = answers.route_docs(404, 422, ok=answers.STREAM)
-        add(f"{run}/events", self.run_events, methods=["GET"], **_ok(events))
+        add(f"{run}/events", self.run_events, methods=["GET"], responses=events, response_class=answers.EventStreamDoc)
         cancelled = answers.route_docs(400, 404, 409, 413, 422, ok=answers.CANCELLED)
         add(f"{run}/cancel", self.cancel_run, methods=["POST"], openapi_extra=cancel_body, **_ok(cancelled))
 

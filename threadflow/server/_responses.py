@@ -9,7 +9,16 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-__all__ = ["JSONAnswer", "Refused", "error", "invalid", "refused_handler", "route_docs", "validation_error"]
+__all__ = [
+    "EventStreamDoc",
+    "JSONAnswer",
+    "Refused",
+    "error",
+    "invalid",
+    "refused_handler",
+    "route_docs",
+    "validation_error",
+]
 
 
 class JSONAnswer(JSONResponse):
@@ -17,6 +26,12 @@ class JSONAnswer(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+class EventStreamDoc(Response):
+    """Names the media type of a route answering with SSE, for its OpenAPI docs (the handler builds the stream)."""
+
+    media_type = "text/event-stream"
 
 
 def error(status_code: int, detail: str, *, headers: dict[str, str] | None = None, **extra: str) -> Response:
