@@ -23,6 +23,7 @@ from ..storage import RunStore
 __all__ = ["OPEN_FEEDS", "Feed", "Stopped", "batched", "poll_store"]
 
 _STORE_POLL_SECONDS = 0.05
+_MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see batched)
 # How long a run that has ended here may take to be recorded as ended in its store (SPEC §5).
 _RECORDING_GRACE_SECONDS = 5.0
 
@@ -88,20 +89,29 @@ OPEN_FEEDS = _OpenFeeds()
 
 
 async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[list[BaseEvent]]:
-    """``events`` gathered into batches: whatever has arrived each time the stream looks.
+    """``events`` gathered into batches: what has arrived each time the stream looks, at most ``_MAX_BATCH``.
 
     A pump task reads ``events`` (which yields what is logged without
-    suspending, so a burst becomes one batch); raises ``Stopped`` once
+    suspending, so a burst becomes one batch). Raises ``Stopped`` once
     ``feed`` is stopped, after the batch already gathered.
+
+    The bound keeps every step of the event loop short: a run that has
+    raced ahead of its client (a backlog of thousands of events) is sent a
+    batch per loop turn, so that the other streams, and the disconnects the
+    loop must notice, are not held up behind one huge send.
     """
     pending: list[BaseEvent] = []
     ended: list[BaseException | None] = []
+    room = asyncio.Event()
 
     async def pump() -> None:
         try:
             async for event in events:
                 pending.append(event)
                 feed.wake()
+                if len(pending) >= _MAX_BATCH:
+                    room.clear()
+                    await room.wait()
         except Exception as error:  # noqa: BLE001 — not handled here: handed to the stream, which raises it
             ended.append(error)
         else:
@@ -112,7 +122,9 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
     try:
         while True:
             feed.reset()
-            batch, pending[:] = pending[:], []
+            batch = pending[:_MAX_BATCH]
+            del pending[:_MAX_BATCH]
+            room.set()
             if batch:
                 yield batch
             if ended and not pending:
@@ -121,7 +133,9 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
                 return
             if feed.stopping:
                 raise Stopped
-            if not pending and not ended:
+            if pending:
+                await asyncio.sleep(0)  # a turn of the loop for the other streams before the next batch
+            else:
                 await feed.wait()
     finally:
         task.cancel()  # closes ``events`` (its finally runs in the pump task)
