@@ -26,10 +26,14 @@ import time
 from typing import Any
 
 from threadflow import Agent, Workflow
-from threadflow.client import Client
 from threadflow.events import RunCancelledEvent, RunContentEvent, StepStartedEvent, WorkflowCancelledEvent
 from threadflow.models import DemoModel
-from threadflow.server import create_app, running_server
+
+try:
+    from threadflow.client import Client
+    from threadflow.server import create_app, running_server
+except ImportError as missing:  # the server extra is not installed: say so, no traceback
+    sys.exit(f"this example needs the server extra: pip install 'threadflow[server]' ({missing})")
 
 TOPIC = "how a streaming LLM pipeline is cancelled over HTTP"
 

@@ -27,13 +27,18 @@ from __future__ import annotations
 
 import json
 import secrets
+import sys
 import threading
-
-import httpx
 
 from threadflow import Agent, Workflow
 from threadflow.models import DemoModel
-from threadflow.server import create_app, running_server
+
+try:
+    import httpx
+
+    from threadflow.server import create_app, running_server
+except ImportError as missing:  # the server extra is not installed: say so, no traceback
+    sys.exit(f"this example needs the server extra: pip install 'threadflow[server]' ({missing})")
 
 
 def demo_workflow(tokens_per_second: float) -> Workflow:

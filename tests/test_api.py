@@ -76,14 +76,6 @@ PUBLIC_FOR_EDGES = {"__init__", "events", "status", "exceptions", "storage", "mo
 # What storage must never import, even lazily: the core lends a store what it needs (LocalRuns).
 ABOVE_STORAGE = {"_registry", "_runner", "_abandon", "context", "workflow", "handles", "control", "_background"}
 
-# Violations the other helpers of issue 9 are removing in parallel (server, client, SQLite store, CLI).
-KNOWN_EDGE_VIOLATIONS = {  # removed at merge
-    ("server.py", "_registry"),
-    ("server.py", "_runlog"),
-    ("server.py", "storage._defaults"),
-    ("client.py", "_validate"),
-}
-
 
 def _layer(module: str) -> int:
     top = module.split(".", maxsplit=1)[0]
@@ -126,8 +118,6 @@ def test_imports_flow_one_way() -> None:
             continue
         mine = _layer(module)
         for imported in _imports(path, lazy=False):
-            if (name, imported) in KNOWN_EDGE_VIOLATIONS:
-                continue
             assert _layer(imported) <= mine, f"{name} imports {imported}, a higher layer"
 
 
@@ -136,8 +126,6 @@ def test_storage_never_imports_the_core_above_it() -> None:
         if not name.startswith("storage/"):
             continue
         for imported in _imports(path, lazy=True):
-            if (name, imported) in KNOWN_EDGE_VIOLATIONS:
-                continue
             assert imported.split(".")[0] not in ABOVE_STORAGE, f"{name} imports {imported}"
 
 
@@ -147,7 +135,7 @@ def test_edges_import_only_public_names() -> None:
         if edge not in EDGES:
             continue
         for imported in _imports(path, lazy=True):
-            if (name, imported) in KNOWN_EDGE_VIOLATIONS or imported in EDGES[edge]:
+            if imported in EDGES[edge]:
                 continue
             parts = imported.split(".")
             public = parts[0] in PUBLIC_FOR_EDGES and not any(p.startswith("_") for p in parts[1:])

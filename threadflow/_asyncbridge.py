@@ -12,7 +12,7 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any, Protocol
 
 from ._runlog import EventLog
-from .events import BaseEvent, Event
+from .events import Event
 
 __all__ = ["follow", "until_done"]
 
@@ -43,32 +43,40 @@ async def until_done(handle: _Finishing) -> None:
 
 
 async def follow(log: EventLog, after_seq: int) -> AsyncGenerator[Event, None]:
-    """The logged events after ``after_seq``, then live ones, through the terminal event."""
-    cursor = after_seq
-    while batch := await _next_batch(log, cursor):
-        for event in batch:
-            cursor += 1
-            yield event  # type: ignore[misc]  # the runner logs only Event members
-            if event.terminal:
-                return
+    """The logged events after ``after_seq``, then live ones, through the terminal event.
 
+    One listener for the whole follow, and at most one wake-up scheduled on
+    the loop at a time however fast the run appends: a run streaming flat out
+    costs the loop one call per look, not one per event. Events already in
+    the log are yielded without a pause, so a reader can batch them.
+    """
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    scheduled = False
 
-async def _next_batch(log: EventLog, cursor: int) -> list[BaseEvent]:
-    """The events after ``cursor``, waiting without blocking the loop; [] once the log has ended."""
-    done = log.done  # read before the events: once done, everything is in the log
-    batch = log.since(cursor)
-    if batch or done:
-        return batch
-    wake = asyncio.Event()
-    listener = _threadsafe_setter(asyncio.get_running_loop(), wake)
-    log.add_listener(listener)
+    def wake() -> None:  # on the run's thread, after every append; unlocked: a race costs a spurious wake-up
+        nonlocal scheduled
+        if not scheduled:
+            scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(ready.set)
+
+    log.add_listener(wake)
     try:
+        cursor = after_seq
         while True:
-            done = log.done
+            scheduled = False
+            ready.clear()
+            done = log.done  # read before the events: once done, everything is in the log
             batch = log.since(cursor)
-            if batch or done:
-                return batch
-            await wake.wait()
-            wake.clear()
+            cursor += len(batch)
+            for event in batch:
+                yield event  # type: ignore[misc]  # the runner logs only Event members
+                if event.terminal:
+                    return
+            if done and not batch:
+                return
+            if not batch:
+                await ready.wait()
     finally:
-        log.remove_listener(listener)
+        log.remove_listener(wake)

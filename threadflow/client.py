@@ -30,9 +30,13 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote
 
-import httpx
+try:  # the server extra; without it, say how to get it rather than which module is missing
+    import httpx
+except ModuleNotFoundError as _missing:
+    raise ImportError(
+        f"threadflow.client needs the server extra: pip install 'threadflow[server]' (no module {_missing.name!r})"
+    ) from _missing
 
-from ._validate import check_reason
 from .events import Event, parse_event
 from .exceptions import DuplicateRunError
 from .status import RunInfo
@@ -211,7 +215,8 @@ class Client:
         Raises only for transport and authentication errors (and other
         unexpected answers); ``TypeError`` for a non-str reason.
         """
-        check_reason(reason)
+        if reason is not None and not isinstance(reason, str):
+            raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
         response = self._http.post(f"{_run(workflow_id, run_id)}/cancel", json={"reason": reason})
         if response.status_code in (404, 409):
             return False

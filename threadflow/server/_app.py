@@ -1,0 +1,298 @@
+"""``create_app``: the routes over the served workflows, their stores, and the runs this app started."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+
+from .. import DuplicateRunError, RunHandle, RunInfo, RunStatus, Workflow, __version__
+from ..storage import RunStore
+from . import _responses as answers
+from ._auth import BearerAuth, api_key_or_env
+from ._feeds import Feed, batched, poll_store
+from ._models import DEFAULT_MAX_BODY_BYTES, CancelRunRequest, StartRunRequest, body_doc, read_body
+from ._responses import JSONAnswer, error
+from ._sse import EventStreamResponse
+
+__all__ = ["RUN_ID_HEADER", "create_app"]
+
+logger = logging.getLogger("threadflow.server")
+
+#: The response header carrying a started run's id (percent-encoded, as in its URL).
+RUN_ID_HEADER = "X-Threadflow-Run-Id"
+
+_MAX_SEQ = 2**63 - 1  # seq numbers are SQLite integers
+_LAST_EVENT_ID_DOC = (
+    "Resume after this event (SSE reconnection): a decimal seq number counts like after_seq (the larger wins); "
+    "any other value is ignored, as the SSE standard lets a client send back whatever id it last saw."
+)
+_NOT_KEPT = "it was not started through this server (or has ended long ago), and no store records its events"
+
+
+class _RecentRuns:
+    """The handles of the runs this app started: every active one, and the most recent finished ones."""
+
+    def __init__(self, keep_finished: int) -> None:
+        self._keep = keep_finished
+        self._lock = threading.Lock()
+        self._handles: dict[str, RunHandle] = {}  # oldest first
+
+    def add(self, handle: RunHandle) -> None:
+        with self._lock:
+            self._handles.pop(handle.run_id, None)  # a reused id: the newer run wins
+            self._handles[handle.run_id] = handle
+            if len(self._handles) > self._keep:
+                finished = [run_id for run_id, h in self._handles.items() if h.done()]
+                for run_id in finished[: max(0, len(finished) - self._keep)]:
+                    del self._handles[run_id]
+
+    def get(self, workflow: Workflow, run_id: str) -> RunHandle | None:
+        handle = self._handles.get(run_id)
+        return handle if handle is not None and handle.workflow_id == workflow.id else None
+
+
+def last_event_id(header: str | None) -> int:
+    """The seq a ``Last-Event-ID`` header names, or 0 for one that names none (see ``_LAST_EVENT_ID_DOC``)."""
+    text = (header or "").strip()
+    if text.isascii() and text.isdigit() and int(text) <= _MAX_SEQ:
+        return int(text)
+    return 0
+
+
+class _Api:
+    """The route handlers, over the served workflows (by route id) and the app's own store."""
+
+    def __init__(self, workflows: dict[str, Workflow], store: RunStore | None, keep: int, max_body: int) -> None:
+        self.workflows = workflows
+        self.store = store
+        self.recent = _RecentRuns(keep)
+        self.max_body = max_body
+
+    def add_routes(self, app: FastAPI) -> None:
+        start_body = {"requestBody": body_doc(StartRunRequest, required=False)}
+        cancel_body = {"requestBody": body_doc(CancelRunRequest, required=False)}
+        run = "/workflows/{workflow_id}/runs/{run_id}"
+        add = app.add_api_route
+        add("/workflows", self.list_workflows, methods=["GET"], responses=answers.route_docs())
+        started = answers.route_docs(400, 404, 409, 413, 422, ok=answers.STARTED)
+        add("/workflows/{workflow_id}/runs", self.start_run, methods=["POST"], openapi_extra=start_body, **_ok(started))
+        add(run, self.get_run, methods=["GET"], responses=answers.route_docs(404, 422), response_model=RunInfo)
+        events = answers.route_docs(404, 422, ok=answers.STREAM)
+        add(f"{run}/events", self.run_events, methods=["GET"], responses=events, response_class=answers.EventStreamDoc)
+        cancelled = answers.route_docs(400, 404, 409, 413, 422, ok=answers.CANCELLED)
+        add(f"{run}/cancel", self.cancel_run, methods=["POST"], openapi_extra=cancel_body, **_ok(cancelled))
+
+    async def list_workflows(self) -> Response:
+        """The served workflows: ``[{id, name, description, steps}]``."""
+        return JSONAnswer([_describe(route_id, wf) for route_id, wf in self.workflows.items()])
+
+    async def start_run(self, workflow_id: str, request: Request) -> Response:
+        """Start a run: 202 with its id, or (``"stream": true``) its events as SSE; 404, 409, 413, 422."""
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            return _no_workflow(workflow_id)
+        body = await read_body(request, StartRunRequest, self.max_body)
+        try:
+            handle = await run_in_threadpool(_start, workflow, body)
+        except DuplicateRunError as duplicate:
+            return error(409, str(duplicate), run_id=duplicate.run_id)
+        self.recent.add(handle)
+        location = f"/workflows/{quote(workflow_id, safe='')}/runs/{quote(handle.run_id, safe='')}"
+        headers = {RUN_ID_HEADER: quote(handle.run_id, safe=""), "Location": location}
+        if body.stream:
+            feed = Feed()
+            return EventStreamResponse(batched(handle.aevents(), feed), feed, owns=handle, headers=headers)
+        started = {"run_id": handle.run_id, "workflow_id": handle.workflow_id, "status": handle.status.value}
+        return JSONAnswer(started, status_code=202, headers=headers)
+
+    def get_run(self, workflow_id: str, run_id: str) -> Response:
+        """The run's record: 200 ``RunInfo`` JSON, or 404.
+
+        A plain function, so that FastAPI calls it on a worker thread: it may read a store.
+        """
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            return _no_workflow(workflow_id)
+        info = self._lookup(workflow, run_id)
+        if info is None:
+            return _no_run(workflow_id, run_id)
+        return JSONAnswer(info.model_dump(mode="json"))
+
+    async def run_events(
+        self,
+        workflow_id: str,
+        run_id: str,
+        after_seq: Annotated[int, Query(ge=0, le=_MAX_SEQ)] = 0,
+        last_event_id_header: Annotated[
+            str | None, Header(alias="Last-Event-ID", description=_LAST_EVENT_ID_DOC)
+        ] = None,
+    ) -> Response:
+        """SSE: the run's events after ``after_seq`` (or ``Last-Event-ID``), then live ones to the end; 404."""
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            return _no_workflow(workflow_id)
+        after_seq = max(after_seq, last_event_id(last_event_id_header))
+        feed = Feed()
+        handle = self.recent.get(workflow, run_id)
+        if handle is not None:
+            return EventStreamResponse(batched(handle.aevents(after_seq), feed), feed, owns=None, headers={})
+        store, info = await run_in_threadpool(self._event_store, workflow, run_id)
+        if store is None:
+            if info is None:
+                return _no_run(workflow_id, run_id)
+            return error(404, f"the events of run {run_id!r} are not kept here: {_NOT_KEPT}")
+        return EventStreamResponse(poll_store(store, run_id, after_seq, feed), feed, owns=None, headers={})
+
+    async def cancel_run(self, workflow_id: str, run_id: str, request: Request) -> Response:
+        """Cancel: 200 ``{run_id, status}`` (``cancelling``, or how it ended), 404 unknown, 409 already ended."""
+        workflow = self.workflows.get(workflow_id)
+        if workflow is None:
+            return _no_workflow(workflow_id)
+        body = await read_body(request, CancelRunRequest, self.max_body)
+        response: Response = await run_in_threadpool(self._cancel, workflow_id, workflow, run_id, body.reason)
+        return response
+
+    # -- helpers, run on a worker thread (stores may do I/O) --
+
+    def _lookup(self, workflow: Workflow, run_id: str) -> RunInfo | None:
+        info = workflow.get_run(run_id)
+        if info is None and self.store is not None and self.store is not workflow.store:
+            info = self.store.get_run(run_id)
+            if info is not None and info.workflow_id != workflow.id:
+                info = None
+        return info
+
+    def _stores(self, workflow: Workflow) -> list[RunStore]:
+        stores = [workflow.store]
+        if self.store is not None and self.store is not workflow.store:
+            stores.append(self.store)
+        return stores
+
+    def _event_store(self, workflow: Workflow, run_id: str) -> tuple[RunStore | None, RunInfo | None]:
+        info = self._lookup(workflow, run_id)
+        if info is None:
+            return None, None
+        for store in self._stores(workflow):
+            if store.records_events and (store is workflow.store or store.get_run(run_id) is not None):
+                return store, info
+        return None, info
+
+    def _cancel(self, workflow_id: str, workflow: Workflow, run_id: str, reason: str | None) -> Response:
+        if _cancel_here(workflow, run_id, reason):
+            info = self._lookup(workflow, run_id)
+            return _cancelled(run_id, info.status if info is not None else RunStatus.cancelled)
+        info = self._lookup(workflow, run_id)  # cancel_run said False: the run is unknown, or has ended
+        if info is None:
+            return _no_run(workflow_id, run_id)
+        if not info.status.is_terminal:
+            # Active, but not in this process: ask its owner through the store (SPEC §5).
+            if any(store.request_cancel(run_id, reason) for store in self._stores(workflow)):
+                return _cancelled(run_id, RunStatus.cancelling)
+            info = self._lookup(workflow, run_id) or info  # it may have ended meanwhile
+        if info.status.is_terminal:
+            detail = f"run {run_id!r} has already ended: {info.status.value}"
+        else:
+            detail = f"run {run_id!r} is {info.status.value} in another process, which this server cannot reach"
+        return error(409, detail, run_id=run_id, status=info.status.value)
+
+
+def _cancel_here(workflow: Workflow, run_id: str, reason: str | None) -> bool:
+    """``workflow.cancel_run``; True also when an ``on_cancel`` callback raised ``SystemExit`` or the like.
+
+    The core re-raises such an exception only after it has accepted the
+    cancel (and logged it): the run is cancelled all the same, and the HTTP
+    answer says so instead of turning into a 500.
+    """
+    try:
+        return workflow.cancel_run(run_id, reason)
+    except (SystemExit, KeyboardInterrupt):
+        logger.warning("threadflow: an on_cancel callback of run %s raised SystemExit/KeyboardInterrupt", run_id)
+        return True
+
+
+def _ok(responses: dict[int | str, dict[str, Any]]) -> dict[str, Any]:
+    """Route options for a handler answering with a ``Response`` of its own: no default 200 model."""
+    return {"responses": responses, "response_class": JSONAnswer}
+
+
+def _start(workflow: Workflow, body: StartRunRequest) -> RunHandle:
+    return workflow.run(body.input, background=True, run_id=body.run_id)
+
+
+def _cancelled(run_id: str, status: RunStatus) -> Response:
+    return JSONAnswer({"run_id": run_id, "status": status.value})
+
+
+def _no_workflow(workflow_id: str) -> Response:
+    return error(404, f"no workflow {workflow_id!r} is served here")
+
+
+def _no_run(workflow_id: str, run_id: str) -> Response:
+    return error(404, f"workflow {workflow_id!r} has no run {run_id!r}")
+
+
+def _describe(route_id: str, workflow: Workflow) -> dict[str, Any]:
+    steps = [step.name for step in workflow.steps]
+    return {"id": route_id, "name": workflow.name, "description": workflow.description, "steps": steps}
+
+
+def _workflow_table(workflows: Workflow | Sequence[Workflow] | Mapping[str, Workflow]) -> dict[str, Workflow]:
+    if isinstance(workflows, Workflow):
+        workflows = [workflows]
+    pairs = list(workflows.items()) if isinstance(workflows, Mapping) else [(getattr(w, "id", w), w) for w in workflows]
+    table: dict[str, Workflow] = {}
+    for route_id, workflow in pairs:
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"create_app serves Workflow objects, not {type(workflow).__name__}")
+        if not isinstance(route_id, str) or not route_id or "/" in route_id:
+            raise ValueError(f"workflow id {route_id!r} cannot be one URL path segment")
+        if route_id in table:
+            raise ValueError(f"two workflows are served as {route_id!r}")
+        table[route_id] = workflow
+    if not table:
+        raise ValueError("create_app needs at least one workflow")
+    return table
+
+
+def _count(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int of at least {minimum}, not {value!r}")
+    return value
+
+
+def create_app(
+    workflows: Workflow | Sequence[Workflow] | Mapping[str, Workflow],
+    *,
+    api_key: str | None = None,
+    store: RunStore | None = None,
+    keep_finished_runs: int = 100,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """An ASGI app (FastAPI) serving ``workflows`` over HTTP; see ``threadflow.server`` for the routes.
+
+    ``workflows``: one ``Workflow``, a sequence of them (served by their ``id``)
+    or a mapping of route id to workflow. ``api_key``: require
+    ``Authorization: Bearer <api_key>`` on every request (default:
+    ``$THREADFLOW_API_KEY``; unset or empty means no auth). ``store``: a
+    further store to answer for runs the workflows' own stores do not know
+    (e.g. a shared ``SqliteStore``). ``keep_finished_runs``: how many finished
+    runs started through this app keep their events in memory for ``/events``.
+    ``max_body_bytes``: larger request bodies are refused with 413 (default 10 MiB).
+    """
+    keep = _count("keep_finished_runs", keep_finished_runs, 0)
+    api = _Api(_workflow_table(workflows), store, keep, _count("max_body_bytes", max_body_bytes, 1))
+    key = api_key_or_env(api_key)
+    app = FastAPI(title="threadflow", version=__version__, default_response_class=JSONAnswer, redirect_slashes=False)
+    app.add_exception_handler(RequestValidationError, answers.validation_error)
+    app.add_exception_handler(answers.Refused, answers.refused_handler)
+    api.add_routes(app)
+    if key is not None:
+        app.add_middleware(BearerAuth, api_key=key)
+    return app

@@ -1,0 +1,192 @@
+"""Feeds: a stream's source of event batches, and the signal that ends it when its server stops.
+
+A feed yields lists of events (one SSE send per list, not per event). It is
+woken from any thread and can be stopped, for good, when its server starts to
+stop: it then raises ``Stopped`` so that the stream can end cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import weakref
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.concurrency import run_in_threadpool
+
+from .. import get_run
+from ..events import BaseEvent, Event
+from ..storage import RunStore
+
+__all__ = ["OPEN_FEEDS", "Feed", "Stopped", "batched", "poll_store"]
+
+_STORE_POLL_SECONDS = 0.05
+_MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see batched)
+# How long a run that has ended here may take to be recorded as ended in its store (SPEC §5).
+_RECORDING_GRACE_SECONDS = 5.0
+
+
+class Stopped(Exception):
+    """Raised by a feed whose server is stopping before its run has ended."""
+
+
+class Feed:
+    """Wakes one asyncio task from the loop; ``stop()`` wakes it for good (the server is stopping)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._event = asyncio.Event()
+        self.stopping = False
+
+    def wake(self) -> None:
+        self._event.set()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._event.set()
+
+    def reset(self) -> None:
+        """Call before looking; a wake-up from then on is not lost."""
+        if not self.stopping:
+            self._event.clear()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class _OpenFeeds:
+    """The feeds open on each event loop, so that a server that starts to stop can end them cleanly."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # one loop per server thread; several servers may run at once
+        self._open: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, set[Feed]] = weakref.WeakKeyDictionary()
+        self._stopping: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+    def add(self, feed: Feed) -> None:
+        with self._lock:
+            stopping = feed.loop in self._stopping
+            if not stopping:
+                self._open.setdefault(feed.loop, set()).add(feed)
+        if stopping:  # a stream that starts while its server stops ends at once
+            feed.stop()
+
+    def discard(self, feed: Feed) -> None:
+        with self._lock:
+            self._open.get(feed.loop, set()).discard(feed)
+
+    def stop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End every feed on ``loop``, now and from now on; call on ``loop``."""
+        with self._lock:
+            self._stopping.add(loop)
+            feeds = self._open.pop(loop, set())
+        for feed in feeds:
+            feed.stop()
+
+
+OPEN_FEEDS = _OpenFeeds()
+
+
+async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[list[BaseEvent]]:
+    """``events`` gathered into batches: what has arrived each time the stream looks, at most ``_MAX_BATCH``.
+
+    A pump task reads ``events`` (which yields what is logged without
+    suspending, so a burst becomes one batch). Raises ``Stopped`` once
+    ``feed`` is stopped, after the batch already gathered.
+
+    The bound keeps every step of the event loop short: a run that has
+    raced ahead of its client (a backlog of thousands of events) is sent a
+    batch per loop turn, so that the other streams, and the disconnects the
+    loop must notice, are not held up behind one huge send.
+    """
+    pending: list[BaseEvent] = []
+    ended: list[BaseException | None] = []
+    room = asyncio.Event()
+
+    async def pump() -> None:
+        try:
+            async for event in events:
+                pending.append(event)
+                feed.wake()
+                if len(pending) >= _MAX_BATCH:
+                    room.clear()
+                    await room.wait()
+        except Exception as error:  # noqa: BLE001 — not handled here: handed to the stream, which raises it
+            ended.append(error)
+        else:
+            ended.append(None)
+        feed.wake()
+
+    task = feed.loop.create_task(pump())
+    try:
+        while True:
+            feed.reset()
+            batch = pending[:_MAX_BATCH]
+            del pending[:_MAX_BATCH]
+            room.set()
+            if batch:
+                yield batch
+            if ended and not pending:
+                if ended[0] is not None:
+                    raise ended[0]
+                return
+            if feed.stopping:
+                raise Stopped
+            if pending:
+                await asyncio.sleep(0)  # a turn of the loop for the other streams before the next batch
+            else:
+                await feed.wait()
+    finally:
+        task.cancel()  # closes ``events`` (its finally runs in the pump task)
+
+
+async def poll_store(store: RunStore, run_id: str, after_seq: int, feed: Feed) -> AsyncIterator[list[BaseEvent]]:
+    """Replay the run's stored events after ``after_seq``, then poll for more until the store has its end.
+
+    Ends after the terminal event, or after a last read once the store's own
+    record of the run is terminal; raises ``Stopped`` if ``feed`` is stopped first.
+    """
+    cursor = after_seq
+    while True:
+        final, batch = await run_in_threadpool(_read_store, store, run_id, cursor)
+        if batch:
+            cursor = batch[-1].seq
+            yield batch
+            if batch[-1].terminal:
+                return
+        if final:
+            return
+        if feed.stopping:
+            raise Stopped
+        if not batch:
+            feed.reset()
+            with anyio.move_on_after(_STORE_POLL_SECONDS):
+                await feed.wait()
+
+
+def _read_store(store: RunStore, run_id: str, cursor: int) -> tuple[bool, list[BaseEvent]]:
+    """The run's stored events after ``cursor``, and whether no more will come (read first)."""
+    final = _ended_in(store, run_id)
+    return final, list(store.events(run_id, cursor))
+
+
+def _ended_in(store: RunStore, run_id: str) -> bool:
+    """Whether ``store`` holds all of the run's events: its own record of the run is terminal.
+
+    A store that records only ended runs answers None while the run is
+    active; then ``threadflow.get_run`` says whether the run is still going.
+    A run that has just ended here is recorded in the store a moment later
+    (``run_ended`` comes after the terminal event is stored), so it is given
+    a grace period; a run known nowhere has nothing more to come.
+    """
+    info = store.get_run(run_id)
+    if info is not None:
+        return info.status.is_terminal
+    live = get_run(run_id)
+    if live is None:
+        info = store.get_run(run_id)  # it may have ended meanwhile
+        return info is None or info.status.is_terminal
+    if not live.status.is_terminal:
+        return False
+    return live.ended_at is None or time.time() - live.ended_at > _RECORDING_GRACE_SECONDS
