@@ -26,8 +26,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from threadflow import Step, StepInput, Workflow, get_context
-from threadflow.events import RunContentEvent, RunEvent, WorkflowCancelledEvent, make_event
-from threadflow.registry import REGISTRY
+from threadflow._fastevents import make_event
+from threadflow._registry import REGISTRY
+from threadflow.events import RunContentEvent, RunEvent, WorkflowCancelledEvent
 
 # -- helpers ----------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 
 from threadflow import RunHandle, RunStatus, Step, StepInput, Workflow, get_context
-from threadflow.registry import REGISTRY
+from threadflow._registry import REGISTRY
 
 
 def percentile(values: list[float], pct: float) -> float:

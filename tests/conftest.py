@@ -1,24 +1,54 @@
-"""Fixtures shared by the test modules (keep this small; add, don't rewrite)."""
+"""Fixtures and helpers shared by the test modules (import helpers with ``from conftest import ...``)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 
 import pytest
 
 import threadflow
-from threadflow.registry import REGISTRY
+from threadflow._background import WORKER_THREAD_PREFIX
+from threadflow._registry import REGISTRY
+from threadflow.events import BaseEvent
+
+#: How long a test waits for something another thread does before it fails.
+WAIT = 10.0
 
 
-@pytest.fixture
+def names(events: Iterable[BaseEvent]) -> list[str]:
+    """The events' names, in order: ``["workflow_started", "step_started", ...]``."""
+    return [str(event.event) for event in events]
+
+
+def _threadflow_threads() -> set[threading.Thread]:
+    return {thread for thread in threading.enumerate() if thread.name.startswith("threadflow")}
+
+
+@pytest.fixture(autouse=True)
 def no_leaked_runs() -> Iterator[None]:
-    """Fail a test that leaves a run registered; cancel leftovers so the next test starts clean."""
+    """Every test: no run left active or registered, no threadflow thread left that should have gone.
+
+    Runs are checked strictly. Of threadflow's threads, only the background
+    workers must go (they exit once their queue is empty, so a bounded join
+    waits out one that is returning); the timer and a SQLite store's threads
+    linger while idle by design. None of threadflow's threads may be
+    non-daemon: it would keep the interpreter alive.
+    """
+    before = _threadflow_threads()
     yield
     leaked = threadflow.active_runs()
     registered = len(REGISTRY)
     if leaked or registered:
-        threadflow.shutdown(10)
+        threadflow.shutdown(WAIT)
         for info in threadflow.active_runs():  # runs shutdown() cannot see, e.g. streams
             threadflow.cancel_run(info.run_id, "leaked by a test")
+        for state in REGISTRY.states():  # a stream nobody consumes stays registered: drop it, so
+            REGISTRY.remove(state)  # that only the leaking test fails, not every test after it
     assert leaked == [], "a run was still active when the test ended"
     assert registered == 0, "the registry still holds an entry"
+    new = _threadflow_threads() - before
+    assert not [t.name for t in new if not t.daemon], "a non-daemon threadflow thread was left running"
+    for worker in (t for t in new if t.name.startswith(WORKER_THREAD_PREFIX)):
+        worker.join(WAIT)
+        assert not worker.is_alive(), f"background worker {worker.name} outlived every run"

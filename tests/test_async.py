@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from conftest import WAIT, names
 
 from threadflow import (
     CancelCause,
@@ -27,16 +28,7 @@ from threadflow import (
     get_context,
 )
 from threadflow._background import active_handles
-from threadflow.events import BaseEvent
 from threadflow.testing import check_run_events
-
-pytestmark = pytest.mark.usefixtures("no_leaked_runs")
-
-WAIT = 10.0
-
-
-def names(events: Sequence[BaseEvent]) -> list[str]:
-    return [str(e.event) for e in events]
 
 
 def handle_of(run_id: str) -> RunHandle:

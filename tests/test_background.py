@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import WAIT, names
 
 import threadflow
 from threadflow import (
@@ -22,18 +23,10 @@ from threadflow import (
     WorkflowRunOutput,
     get_context,
 )
+from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent, WorkflowCancelledEvent
-from threadflow.registry import REGISTRY
 from threadflow.storage import MemoryStore
 from threadflow.testing import check_run_events
-
-pytestmark = pytest.mark.usefixtures("no_leaked_runs")
-
-WAIT = 10.0  # an upper bound for things that happen at once; never reached when the code is right
-
-
-def names(events: Sequence[BaseEvent]) -> list[str]:
-    return [str(e.event) for e in events]
 
 
 def status_of(handle: RunHandle) -> RunStatus:
@@ -521,4 +514,4 @@ def test_a_store_failing_on_the_terminal_event_does_not_strand_the_handles_subsc
         check_run_events(followed)
         handle.result(0)  # an output, or a WorkflowError naming the store's failure
     finally:
-        REGISTRY.remove(handle.state)  # so that the leak does not fail the tests after this one
+        REGISTRY.remove(handle._state)  # so that the leak does not fail the tests after this one

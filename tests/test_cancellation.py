@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import names
 
 import threadflow
 from threadflow import (
@@ -23,20 +24,9 @@ from threadflow import (
     get_context,
     shield,
 )
+from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent, RunContentEvent, WorkflowCancelledEvent
-from threadflow.registry import REGISTRY
 from threadflow.testing import ScriptedModel, check_run_events
-
-
-@pytest.fixture(autouse=True)
-def _registry_is_empty_after() -> Iterator[None]:
-    yield
-    assert threadflow.active_runs() == [], "a run was leaked in the registry"
-    assert len(REGISTRY) == 0
-
-
-def names(events: list[BaseEvent]) -> list[str]:
-    return [str(e.event) for e in events]
 
 
 def cancel_from_thread(wf: Workflow, run_id: str, reason: str | None = None) -> bool:
@@ -287,18 +277,23 @@ def test_a_step_swallowing_the_cancel_for_ever_is_closed(leave: str) -> None:
 
 def test_cancellation_error_is_not_an_exception() -> None:
     caught: list[str] = []
+    reached: list[str] = []
 
     def step(si: StepInput) -> None:
+        assert threadflow.cancel_run(si.run_id)  # cancelled while the step runs
         try:
+            reached.append("checkpoint")
             get_context().check_cancellation()
         except Exception:
             caught.append("swallowed by except Exception")
+        reached.append("after")  # never: the CancellationError went past except Exception
 
     wf = Workflow("w", steps=[step])
     stream = wf.run(stream=True)
-    assert wf.cancel_run(stream.run_id)
     list(stream)
+    assert reached == ["checkpoint"]
     assert caught == []
+    assert stream.output is not None and stream.output.status is RunStatus.cancelled
     assert issubclass(CancellationError, BaseException) and not issubclass(CancellationError, Exception)
 
 

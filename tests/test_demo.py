@@ -50,8 +50,15 @@ def test_ctrl_c_during_the_demo_exits_130_quietly_with_the_summary() -> None:
 
 
 def test_demo_rejects_bad_options_with_usage_exit_code() -> None:
-    assert run_cli("demo", "--cancel-after", "-1").returncode == 2
-    assert run_cli("demo", "--tokens-per-second", "abc").returncode == 2
+    for args, flag in [
+        (["--cancel-after", "-1"], "argument --cancel-after:"),
+        (["--cancel-after", "nan"], "argument --cancel-after:"),
+        (["--tokens-per-second", "abc"], "argument --tokens-per-second:"),
+    ]:
+        result = run_cli("demo", *args)
+        assert result.returncode == 2
+        assert len(result.stderr.splitlines()) == 1 and flag in result.stderr, result.stderr
+        assert result.stdout == ""  # refused before anything ran
     assert run_cli("no-such-command").returncode == 2
 
 

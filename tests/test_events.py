@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from threadflow import RunEvent, RunStatus, Workflow, WorkflowRunEvent
 from threadflow import events as ev
-from threadflow.events import make_event, parse_event
+from threadflow._fastevents import make_event
+from threadflow.events import parse_event
 
 BASE = {"run_id": "r-1", "workflow_id": "wf", "workflow_name": "WF", "seq": 3, "created_at": 1700000000.123456}
 STEP = {"step_name": "s", "step_index": 0}

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import threadflow
 from threadflow import CancellationError, RunStatus, Step, StepInput, Workflow, shield
-from threadflow.registry import REGISTRY
+from threadflow._registry import REGISTRY
 from threadflow.testing import check_run_events
 
 

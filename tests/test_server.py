@@ -27,13 +27,12 @@ from fastapi import WebSocket
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from threadflow import CancellationError, RunStatus, Workflow, get_context
+from threadflow import CancellationError, RunInfo, RunStatus, Workflow, get_context
 from threadflow.client import Client
 from threadflow.events import (
     BaseEvent,
     Event,
     RunContentEvent,
-    RunInfo,
     WorkflowCancelledEvent,
     WorkflowCompletedEvent,
     WorkflowErrorEvent,

@@ -16,7 +16,7 @@ import pytest
 
 import threadflow
 from threadflow import CancelCause, CancellationError, RunStatus, StepInput, Workflow, get_context
-from threadflow.registry import REGISTRY, Registry, RunState
+from threadflow._registry import REGISTRY, Registry, RunState
 from threadflow.testing import check_run_events
 
 pytestmark = pytest.mark.usefixtures("no_leaked_runs")

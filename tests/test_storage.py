@@ -175,3 +175,19 @@ def test_request_cancel_cancels_an_active_run_of_this_process(store: RunStore) -
         CancelCause.requested,
         "asked through the store",
     )
+
+
+def test_run_ids_with_prefix_are_distinct_and_newest_first(store: RunStore) -> None:
+    workflow = Workflow("write", steps=[tokens], store=store)
+    for run_id in ("abc-1", "abd-2", "abc-3", "xyz-4", "abc-1"):  # a finished run's id may be used again
+        workflow.run(run_id=run_id)
+    lookup = store.run_ids_with_prefix  # type: ignore[attr-defined]  # not part of the RunStore protocol
+    assert lookup("abc") == ["abc-1", "abc-3"]  # abc-1 ran again last: newest first, once
+    assert lookup("ab", limit=3) == ["abc-1", "abc-3", "abd-2"]
+    assert lookup("abd") == ["abd-2"]
+    assert lookup("abc-3", limit=5) == ["abc-3"]  # a whole id is a prefix of itself
+    assert lookup("") == ["abc-1", "xyz-4"]
+    assert lookup("zz") == [] and lookup("abc", limit=0) == []
+    assert lookup("%") == [] and lookup("_") == []  # no pattern characters
+    with pytest.raises(ValueError):
+        lookup("a", limit=-1)

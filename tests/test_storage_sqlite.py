@@ -3,6 +3,7 @@ abandoned runs, the cancel watcher and concurrency (SPEC §5, §6; issue 4)."""
 
 from __future__ import annotations
 
+import ast
 import gc
 import hashlib
 import logging
@@ -30,19 +31,13 @@ from threadflow.events import (
     WorkflowStartedEvent,
 )
 from threadflow.storage import SqliteStore, StoreError
-from threadflow.storage._eventlog import decode_chunk
-from threadflow.storage._process import (
-    Nudge,
-    RunOwner,
-    _inbox_address,
-    nudge,
-    open_inbox,
-    owner_alive,
-    start_identity,
-    this_process,
-    wait_for_nudge,
-)
-from threadflow.storage.sqlite import _WATCHER, OWNER_EXITED, SCHEMA_VERSION, _record_abandoned, _transaction
+from threadflow.storage.sqlite import OWNER_EXITED, SCHEMA_VERSION, RunOwner
+from threadflow.storage.sqlite._layout import decode_chunk
+from threadflow.storage.sqlite._liveness import owner_alive, start_identity, this_process
+from threadflow.storage.sqlite._nudges import Nudge, _inbox_address, nudge, open_inbox, wait_for_nudge
+from threadflow.storage.sqlite._remote_cancel import WATCHER
+from threadflow.storage.sqlite._rows import record_abandoned
+from threadflow.storage.sqlite._schema import transaction
 from threadflow.testing import check_run_events, wait_until
 
 pytestmark = pytest.mark.usefixtures("no_leaked_runs")
@@ -240,7 +235,9 @@ def test_close_is_idempotent_and_the_store_can_be_used_again(store: SqliteStore)
     store.close()
     store.close()
     output = Workflow("after close", steps=[streaming("x")], store=store).run()
-    assert store.get_run(output.run_id) is not None
+    info = store.get_run(output.run_id)
+    assert info is not None and info.status is RunStatus.completed
+    assert len(check_run_events(store.events(output.run_id))) == 7  # written to the reopened file, not just kept
 
 
 def test_threadflow_db_enables_the_store(monkeypatch: pytest.MonkeyPatch, db: Path) -> None:
@@ -326,7 +323,7 @@ def test_an_exited_owner_is_dead_even_before_it_is_collected() -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
 def test_a_nudge_carries_the_request_and_garbage_is_ignored() -> None:
-    within(lambda: not _WATCHER.running)  # it would own this process's inbox (it stops once runs have ended)
+    assert WATCHER.wait_stopped(10)  # it would own this process's inbox (it stops once runs have ended)
     opened = open_inbox()
     assert opened is not None
     inbox, token = opened
@@ -504,6 +501,43 @@ def test_the_watcher_cancels_a_run_another_process_asked_for(store: SqliteStore,
     )
 
 
+class RefusingRuns:
+    """A ``LocalRuns`` that refuses every cancel and records what it was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str | None]] = []
+
+    def cancel(self, run_id: str, reason: str | None) -> bool:
+        self.asked.append((run_id, reason))
+        return False
+
+    def info(self, run_id: str) -> RunInfo | None:
+        return None
+
+
+def test_the_store_acts_on_local_runs_only_through_what_it_was_lent(store: SqliteStore, db: Path) -> None:
+    parked = Parked()
+    handle = Workflow("lent", steps=[Step("parked", executor=parked)], store=store).run(background=True)
+    assert parked.reached.wait(10)
+    lent = RefusingRuns()
+    store.bind_local_runs(lent)  # the store must not reach past it to the registry
+    assert store.request_cancel(handle.run_id, "in this process") is False
+    request = ask_as_another_process(db, handle.run_id, "from elsewhere")
+    within(lambda: answer(db, request) == "refused")
+    assert lent.asked == [(handle.run_id, "in this process"), (handle.run_id, "from elsewhere")]
+    parked.release.set()
+    assert handle.wait(10) and handle.result().status is RunStatus.completed
+
+
+def test_the_sqlite_store_does_not_import_the_core_registry() -> None:
+    package = Path(threadflow.__file__).parent / "storage" / "sqlite"
+    for path in package.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [alias.name for alias in node.names] if isinstance(node, (ast.Import, ast.ImportFrom)) else []
+            assert not any("registry" in name for name in names), f"{path.name} reaches into the core"
+
+
 def test_the_watcher_refuses_a_run_that_has_ended(store: SqliteStore, db: Path) -> None:
     ended = Workflow("done", steps=[streaming("x")], store=store).run().run_id
     parked = Parked()  # keeps the watcher running
@@ -515,14 +549,26 @@ def test_the_watcher_refuses_a_run_that_has_ended(store: SqliteStore, db: Path) 
     assert handle.wait(10)
 
 
-def test_the_watcher_runs_only_while_there_are_active_runs(store: SqliteStore) -> None:
+def listening(owner: RunOwner) -> bool:
+    """Whether a cancel watcher receives at the owner's inbox (a datagram it ignores: not a request)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.sendto(b"ping", inbox_address(owner))
+        except OSError:  # ConnectionRefusedError: nobody is bound there
+            return False
+    return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
+def test_the_watcher_listens_only_while_there_are_active_runs(store: SqliteStore) -> None:
     parked = Parked()
     handle = Workflow("watched", steps=[Step("parked", executor=parked)], store=store).run(background=True)
     assert parked.reached.wait(10)
-    assert _WATCHER.running
+    owner = store.owner(handle.run_id)
+    assert owner is not None and listening(owner)
     parked.release.set()
     assert handle.wait(10)
-    within(lambda: not _WATCHER.running)
+    within(lambda: not listening(owner))  # its runs have ended: the inbox is closed, nobody can read it
 
 
 def test_an_owner_that_never_answers_gets_none_and_the_request_is_withdrawn(store: SqliteStore, db: Path) -> None:
@@ -647,26 +693,58 @@ def test_the_end_of_a_run_is_retried_when_the_file_is_locked(db: Path, write_fai
         assert len(check_run_events(store.events(output.run_id))) == 8
 
 
-def test_a_run_whose_end_cannot_be_written_is_never_recorded_completed(db: Path) -> None:
+def stored_status(db: Path, run_id: str) -> str:
+    """The status on disk, read by a connection of its own (not this process's store)."""
+    conn = sqlite3.connect(db)
+    try:
+        return str(conn.execute("SELECT status FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def ends_while_locked(store: SqliteStore, db: Path, holders: list[sqlite3.Connection]) -> Step:
+    def tokens(step_input: StepInput) -> Iterator[str]:
+        yield "token "
+        store.flush()
+        holders.append(locked(db))
+        yield "written later "
+
+    return Step("locked", executor=tokens)
+
+
+def test_a_run_whose_end_cannot_be_written_keeps_its_outcome_and_is_recorded_later(db: Path) -> None:
     with SqliteStore(db, timeout=0.02) as store:
         store.write_attempts = 2
         holders: list[sqlite3.Connection] = []
-
-        def ends_while_locked(step_input: StepInput) -> Iterator[str]:
-            yield "token "
-            store.flush()
-            holders.append(locked(db))
-            yield "never written "
-
+        output = Workflow("stuck", steps=[ends_while_locked(store, db, holders)], store=store).run(run_id="stuck")
+        assert output.status is RunStatus.completed  # the run's outcome is not the store's to change
+        assert isinstance(store.last_error, StoreError) and "locked" in str(store.last_error)
+        info = store.get_run("stuck")
+        assert info is not None and info.status is RunStatus.completed  # this process never shows it running
+        assert [run.status for run in store.list_runs()] == [RunStatus.completed]
+        assert stored_status(db, "stuck") == "running"  # on disk: not completed with events missing
         with pytest.raises(StoreError, match="locked"):
-            Workflow("stuck", steps=[ends_while_locked], store=store).run(run_id="stuck")
+            store.flush()  # the failure is surfaced on the store's next flush
         holders[0].rollback()
         holders[0].close()
-        info = store.get_run("stuck")
-        assert info is not None and info.status is RunStatus.running  # unfinished: not completed, events missing
-        # Used again, the id gets a new run; the unfinished record is closed, with its log, as an error.
-        Workflow("stuck", steps=[streaming("again")], store=store).run(run_id="stuck")
-        earlier = [run for run in store.list_runs() if run.status is RunStatus.error]
+        store.flush()  # the store can take it again: the end is written
+        assert stored_status(db, "stuck") == "completed" and store.last_error is None
+        assert len(check_run_events(store.events("stuck"))) == 8
+
+
+def test_an_end_still_unwritten_at_close_is_closed_as_an_error_when_its_id_is_reused(db: Path) -> None:
+    store = SqliteStore(db, timeout=0.02)
+    store.write_attempts = 1
+    holders: list[sqlite3.Connection] = []
+    Workflow("stuck", steps=[ends_while_locked(store, db, holders)], store=store).run(run_id="stuck")
+    with pytest.raises(StoreError, match="locked"):
+        store.close()
+    holders[0].rollback()
+    holders[0].close()
+    with SqliteStore(db) as reopened:
+        assert stored_status(db, "stuck") == "running"  # this process is alive: its run is not judged abandoned
+        Workflow("stuck", steps=[streaming("again")], store=reopened).run(run_id="stuck")
+        earlier = [run for run in reopened.list_runs() if run.status is RunStatus.error]
         assert [(run.run_id, run.error_type) for run in earlier] == [("stuck", "RunEndNotRecorded")]
 
 
@@ -690,18 +768,18 @@ def exited_pid() -> int:
 def test_an_owner_hidden_from_proc_is_asked_about_with_kill(monkeypatch: pytest.MonkeyPatch) -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("/proc is Linux's")
-    from threadflow.storage import _process
+    from threadflow.storage.sqlite import _liveness
 
     me = this_process()
     parent = me._replace(pid=os.getppid(), start=start_identity(os.getppid()) or "")
-    monkeypatch.setattr(_process, "_stat", lambda pid: ("missing", ""))  # /proc mounted with hidepid=2
+    monkeypatch.setattr(_liveness, "_stat", lambda pid: ("missing", ""))  # /proc mounted with hidepid=2
     assert owner_alive(parent)  # os.kill(pid, 0) says it exists
     assert not owner_alive(me._replace(pid=exited_pid()))  # ProcessLookupError: really gone
 
     def not_permitted(pid: int, sig: int) -> None:
         raise PermissionError("another user's process")
 
-    monkeypatch.setattr(_process.os, "kill", not_permitted)
+    monkeypatch.setattr(_liveness.os, "kill", not_permitted)
     assert owner_alive(me._replace(pid=exited_pid()))  # exists, owned by another user
 
 
@@ -715,8 +793,8 @@ def test_a_run_recorded_as_abandoned_keeps_one_end_even_if_its_owner_carries_on(
     conn = sqlite3.connect(db, isolation_level=None)  # a reader elsewhere that wrongly judged this process gone
     try:
         (key,) = conn.execute("SELECT run_key FROM runs WHERE run_id = ?", (handle.run_id,)).fetchone()
-        with _transaction(conn):
-            _record_abandoned(conn, key=key)
+        with transaction(conn):
+            record_abandoned(conn, key=key)
     finally:
         conn.close()
     parked.release.set()
@@ -760,7 +838,7 @@ def test_malformed_datagrams_do_not_stop_the_cancel_watcher(store: SqliteStore, 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nudges use Linux abstract sockets")
 def test_nobody_can_bind_the_cancel_inbox_first_and_read_requests(store: SqliteStore, db: Path) -> None:
-    within(lambda: not _WATCHER.running)  # the next run starts a watcher, which binds a new inbox
+    assert WATCHER.wait_stopped(10)  # the next run starts a watcher, which binds a new inbox
     me = this_process()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as squatter:
         squatter.bind(f"\0threadflow-cancel-{me.pid}-{me.start}")  # where the inbox used to be: pid and start time
@@ -826,8 +904,9 @@ def test_request_cancel_with_a_lone_surrogate_in_the_reason(store: SqliteStore, 
         conn.close()
 
 
-def writer_threads(stores: list[SqliteStore]) -> list[threading.Thread]:
-    return [store._writer._thread for store in stores if store._writer is not None]
+def threads_started_since(before: set[threading.Thread]) -> list[threading.Thread]:
+    """The threads alive now that were not before: what the code under test started and still runs."""
+    return [thread for thread in threading.enumerate() if thread not in before]
 
 
 def open_files(db: Path) -> list[str]:
@@ -844,11 +923,12 @@ def open_files(db: Path) -> list[str]:
 def test_a_dropped_store_releases_its_thread_and_connections(db: Path) -> None:
     if not sys.platform.startswith("linux"):
         pytest.skip("counts open files through /proc")
+    before = set(threading.enumerate())
     stores = [SqliteStore(db) for _ in range(3)]
     for store in stores:
         Workflow("dropped", steps=[streaming("x")], store=store).run()
-    threads = writer_threads(stores)
-    assert len(threads) == 3 and open_files(db)
+    threads = threads_started_since(before)
+    assert len(threads) >= 3 and open_files(db)  # a writer per store (and the cancel watcher, while it runs)
     refs = [weakref.ref(store) for store in stores]
     del stores, store
 
@@ -861,11 +941,11 @@ def test_a_dropped_store_releases_its_thread_and_connections(db: Path) -> None:
 
 
 def test_an_idle_writer_exits_and_the_store_still_works(store: SqliteStore) -> None:
+    before = set(threading.enumerate())
     store.writer_idle_timeout = 0.01
     Workflow("idle", steps=[streaming("one")], store=store).run()
-    threads = writer_threads([store])
-    assert threads
-    within(lambda: not threads[0].is_alive(), seconds=5)
+    assert threads_started_since(before)
+    within(lambda: not threads_started_since(before), seconds=5)  # no thread left behind while idle
     output = Workflow("idle", steps=[streaming("two")], store=store).run()
     assert store.get_run(output.run_id) is not None
     assert len(check_run_events(store.events(output.run_id))) == 7

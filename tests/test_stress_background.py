@@ -22,11 +22,12 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from conftest import names
 
 import threadflow
 from threadflow import (
@@ -39,11 +40,11 @@ from threadflow import (
     get_context,
     shield,
 )
+from threadflow._registry import REGISTRY
 from threadflow.events import BaseEvent
-from threadflow.registry import REGISTRY
 from threadflow.testing import check_run_events
 
-pytestmark = [pytest.mark.stress, pytest.mark.usefixtures("no_leaked_runs")]
+pytestmark = pytest.mark.stress
 
 WAIT = 30.0
 KINDS = ("plain", "sleepy", "stream", "failing", "stubborn", "shielded", "retried")
@@ -217,10 +218,6 @@ def check_one_run(handle: RunHandle, job: dict[str, Any], cancels: list[Cancel])
         assert job["kind"] != "failing", context
         assert output is not None
         assert output.content == f"finished body {job['index']}"
-
-
-def names(events: Sequence[BaseEvent]) -> list[str]:
-    return [str(e.event) for e in events]
 
 
 # -- a cancel racing the run's last instruction ------------------------------------------

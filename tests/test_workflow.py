@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
+from conftest import names
 
 import threadflow
 from threadflow import (
@@ -27,19 +31,8 @@ from threadflow.events import (
     WorkflowErrorEvent,
 )
 from threadflow.models import DemoModel
-from threadflow.registry import REGISTRY
 from threadflow.storage import MemoryStore
 from threadflow.testing import ScriptedModel, check_run_events
-
-
-@pytest.fixture(autouse=True)
-def _registry_is_empty_after() -> Iterator[None]:
-    yield
-    assert len(REGISTRY) == 0, "a run was leaked in the registry"
-
-
-def names(events: list[object]) -> list[str]:
-    return [str(e.event) for e in events]  # type: ignore[attr-defined]
 
 
 def test_function_steps_chain_their_outputs() -> None:
@@ -277,9 +270,24 @@ def test_duplicate_active_run_id_is_rejected_and_reusable_after_it_ends() -> Non
         wf.run(run_id="")
 
 
-def test_an_unnamed_workflow_gets_a_unique_id() -> None:
-    a, b = Workflow(steps=[lambda si: 1]), Workflow(steps=[lambda si: 1])
-    assert a.id != b.id and a.name == a.id
+def test_an_unnamed_workflow_gets_a_stable_id_from_its_steps() -> None:
+    """Issue 8 item 19: the id of an unnamed workflow survives a restart, so stored runs stay findable."""
+
+    def fetch(si: StepInput) -> int:
+        return 1
+
+    def summarize(si: StepInput) -> int:
+        return 2
+
+    a, b = Workflow(steps=[fetch, summarize]), Workflow(steps=[fetch, summarize])
+    assert a.id == b.id == "fetch-summarize-" + hashlib.sha256(b"fetch\0summarize").hexdigest()[:8]
+    assert a.name == a.id
+    assert Workflow(steps=[summarize, fetch]).id != a.id
+    assert Workflow("!!!", steps=[fetch]).id == Workflow(steps=[fetch]).id  # a name with nothing to slug
+    code = "from threadflow import Workflow; print(Workflow(steps=[Workflow.__init__]).id)"
+    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60).stdout
+           for _ in range(2)}  # fmt: skip
+    assert len(ids) == 1  # the same in every process (no per-process hash seed)
 
 
 def test_step_input_reports_unknown_steps_clearly() -> None:

@@ -9,10 +9,7 @@ from .context import shield as shield
 from .control import active_runs as active_runs
 from .control import cancel_run as cancel_run
 from .control import get_run as get_run
-from .events import CancelCause as CancelCause
 from .events import RunEvent as RunEvent
-from .events import RunInfo as RunInfo
-from .events import RunStatus as RunStatus
 from .events import WorkflowRunEvent as WorkflowRunEvent
 from .exceptions import CancellationError as CancellationError
 from .exceptions import DuplicateRunError as DuplicateRunError
@@ -20,6 +17,9 @@ from .exceptions import WorkflowError as WorkflowError
 from .handles import RunHandle as RunHandle
 from .handles import RunStream as RunStream
 from .output import WorkflowRunOutput as WorkflowRunOutput
+from .status import CancelCause as CancelCause
+from .status import RunInfo as RunInfo
+from .status import RunStatus as RunStatus
 from .steps import Step as Step
 from .steps import StepInput as StepInput
 from .workflow import Workflow as Workflow

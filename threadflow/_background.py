@@ -20,15 +20,19 @@ import threading
 import time
 from collections import deque
 
-from ._reaper import drain
+from ._gcdefer import drain
+from ._registry import REGISTRY
 from ._runner import Runner
-from .events import CancelCause
+from ._validate import check_seconds
 from .handles import RunHandle
-from .registry import REGISTRY
+from .status import CancelCause
 
-__all__ = ["WorkerPool", "active_handles", "shutdown"]
+__all__ = ["WORKER_THREAD_PREFIX", "WorkerPool", "active_handles", "shutdown"]
 
 logger = logging.getLogger("threadflow")
+
+#: Worker threads are named this followed by the workflow's id.
+WORKER_THREAD_PREFIX = "threadflow-worker-"
 
 _handles_lock = threading.Lock()
 _active: dict[str, RunHandle] = {}
@@ -53,9 +57,9 @@ class WorkerPool:
             if start:
                 self._workers += 1
         # Registered after queueing: a cancel accepted before this line calls it at once.
-        REGISTRY.add_callback(handle.state, lambda: self._cancel_queued(handle))
+        REGISTRY.add_callback(handle._state, lambda: self._cancel_queued(handle))
         if start:
-            threading.Thread(target=self._work, name=f"threadflow-{self.name}", daemon=True).start()
+            threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{self.name}", daemon=True).start()
 
     def _cancel_queued(self, handle: RunHandle) -> None:
         with self._lock:
@@ -82,7 +86,7 @@ class WorkerPool:
                 if restart:
                     self._workers += 1
             if restart:
-                threading.Thread(target=self._work, name=f"threadflow-{self.name}", daemon=True).start()
+                threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{self.name}", daemon=True).start()
 
     @property
     def queued(self) -> int:
@@ -128,12 +132,11 @@ def shutdown(timeout: float | None = 10.0) -> bool:
     they all ended in time. Streams being iterated by other
     threads are not touched: their consumers own them.
     """
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ValueError(f"timeout must be a non-negative number of seconds or None, not {timeout!r}")
+    check_seconds("timeout", timeout, optional=True)
     drain()
     handles = active_handles()
     for handle in handles:
-        REGISTRY.cancel(handle.state, "threadflow is shutting down", CancelCause.shutdown)
+        REGISTRY.cancel(handle._state, "threadflow is shutting down", CancelCause.shutdown)
     deadline = None if timeout is None else time.monotonic() + timeout
     ended = True
     for handle in handles:

@@ -9,11 +9,8 @@ of every event handed to the consumer. A cancel found at a checkpoint is
 delivered *inside* the step: thrown into a generator step at its ``yield``,
 so that its ``except CancellationError`` / ``finally`` cleanup runs.
 
-If the consumer leaves (``GeneratorExit`` at one of our yields), ``abandon()``
-cancels the run with cause ``stream_closed``, drives the suspended step
-through its cleanup (letting a shielded section finish first), and records
-the terminal event — to the store and the run's record, since Python forbids
-yielding after ``GeneratorExit``.
+If the consumer leaves (``GeneratorExit`` at one of our yields), the run is
+finished without it by ``threadflow._abandon``.
 """
 
 from __future__ import annotations
@@ -24,18 +21,20 @@ from collections.abc import Callable, Generator
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
-from ._reaper import finish_soon
+from ._abandon import abandon, crash, throw_cancel
+from ._fastevents import make_event
+from ._gcdefer import finish_soon
+from ._printable import safe_str
+from ._registry import REGISTRY, RunState
 from ._timer import TIMER
-from .context import RunContext, cancellation_error, current_context_var
+from .context import _CURRENT, RunContext, cancellation_error
 from .events import (
     BaseEvent,
-    CancelCause,
     RunCancelledEvent,
     RunCompletedEvent,
     RunContentEvent,
     RunErrorEvent,
     RunStartedEvent,
-    RunStatus,
     StepCompletedEvent,
     StepRetryingEvent,
     StepStartedEvent,
@@ -43,11 +42,10 @@ from .events import (
     WorkflowCompletedEvent,
     WorkflowErrorEvent,
     WorkflowStartedEvent,
-    make_event,
 )
-from .exceptions import CancellationError
+from .exceptions import CancellationError, WorkflowError
 from .output import WorkflowRunOutput
-from .registry import REGISTRY, RunState
+from .status import RunStatus
 from .steps import Step, StepInput
 
 if TYPE_CHECKING:
@@ -57,7 +55,6 @@ __all__ = ["Runner", "StepFailed"]
 
 logger = logging.getLogger("threadflow")
 
-_CURRENT = current_context_var()
 _time = time.time
 
 EventSink = Callable[[BaseEvent], None]
@@ -67,8 +64,16 @@ class StepFailed(Exception):
     """A step raised (after its retries); the step's exception is ``error``."""
 
     def __init__(self, step: Step, error: BaseException) -> None:
-        super().__init__(f"step {step.name!r} failed: {type(error).__name__}: {error}")
+        super().__init__(f"step {step.name!r} failed: {type(error).__name__}: {safe_str(error)}")
         self.step = step
+        self.error = error
+
+
+class _StepRaised(Exception):
+    """Carries a ``BaseException`` a step raised that is the step's error, not a signal to the runner."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
         self.error = error
 
 
@@ -96,6 +101,8 @@ class Runner:
         self.content: Any = None
         self.failure: StepFailed | None = None
         self.output: WorkflowRunOutput | None = None
+        # Events recorded after the consumer left (abandon): a consumer that comes back reads them.
+        self.unsent: list[BaseEvent] = []
         # The streaming step now suspended at a yield, with its index and step.
         self._step_gen: Generator[Any, None, Any] | None = None
         self._step_index = -1
@@ -147,7 +154,7 @@ class Runner:
             finish_soon(self.abandon)  # inside a garbage collection: later, at a safe point
             raise
         except BaseException as error:  # KeyboardInterrupt, SystemExit, a failing store
-            self._crash(error)
+            crash(self, error)
             raise
         yield terminal
 
@@ -180,7 +187,7 @@ class Runner:
                 yield self.emit(
                     StepRetryingEvent,
                     attempt=attempt,
-                    error=str(failed.error),
+                    error=safe_str(failed.error),
                     error_type=type(failed.error).__name__,
                     delay=delay,
                     **self._step_fields(step, index),
@@ -210,6 +217,10 @@ class Runner:
         except Exception as error:
             self._checkpoint()  # a step that fails because it was cancelled was cancelled
             raise StepFailed(step, error) from error
+        except (CancellationError, GeneratorExit) as error:
+            if self.state.cancel_requested:
+                raise cancellation_error(self.state) from error
+            raise StepFailed(step, error) from error  # the step's own, with no cancel accepted: an error
         if type(result) is GeneratorType:
             return (yield from self._stream(index, step, result))
         self._checkpoint()  # the step ignored the cancel: its result is discarded
@@ -229,13 +240,16 @@ class Runner:
                 token = _CURRENT.set(ctx)
                 try:
                     if state.cancel_requested and not state.shield_depth:
-                        chunk = _throw_cancel(gen, state, thrown)
+                        chunk = throw_cancel(gen, state, thrown)
                         thrown += 1
                     else:
                         chunk = next(gen)
                 except StopIteration as stop:
                     value = stop.value
                     break
+                except GeneratorExit as error:
+                    # Raised by the step itself: the consumer's own GeneratorExit arrives at our yield below.
+                    raise _StepRaised(error) from error
                 finally:
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
@@ -255,20 +269,24 @@ class Runner:
                 if sink is not None:
                     sink(event)
                 yield event
-        except CancellationError:
+        except CancellationError as error:
             self._step_gen = None
-            yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
+            if not state.cancel_requested:  # the step's own, with no cancel accepted: an error
+                yield self.emit(RunErrorEvent, error=safe_str(error), error_type=type(error).__name__, **run_fields)
+                raise StepFailed(step, error) from error
+            yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
             raise
-        except Exception as error:
+        except Exception as raised:  # noqa: BLE001 — the step's error, re-raised as StepFailed below
             self._step_gen = None
+            failure = raised.error if type(raised) is _StepRaised else raised
             if state.cancel_requested:
-                yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
-                raise cancellation_error(state) from error
-            yield self.emit(RunErrorEvent, error=str(error), error_type=type(error).__name__, **run_fields)
-            raise StepFailed(step, error) from error
+                yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
+                raise cancellation_error(state) from failure
+            yield self.emit(RunErrorEvent, error=safe_str(failure), error_type=type(failure).__name__, **run_fields)
+            raise StepFailed(step, failure) from failure
         self._step_gen = None
         if state.cancel_requested:  # the step swallowed the cancel and returned
-            yield self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
+            yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
             raise cancellation_error(state)
         content = "".join(chunks) if value is None else value
         yield self.emit(RunCompletedEvent, content=content, **run_fields)
@@ -294,7 +312,7 @@ class Runner:
         TIMER.stop(state)
         if final is RunStatus.error:
             error = self.failure.error if self.failure is not None else RuntimeError("run failed")
-            state.error, state.error_type = str(error), type(error).__name__
+            state.error, state.error_type = safe_str(error), type(error).__name__
         self.output = self._output(final)
         try:
             terminal = self._emit_terminal(final)
@@ -310,7 +328,7 @@ class Runner:
             return self.emit(WorkflowCompletedEvent, content=self.content)
         if final is RunStatus.cancelled:
             return self.emit(
-                WorkflowCancelledEvent, reason=state.reason, cause=_cause(state), step_name=state.step_name
+                WorkflowCancelledEvent, reason=state.reason, cause=state.effective_cause, step_name=state.step_name
             )
         return self.emit(WorkflowErrorEvent, error=state.error, error_type=state.error_type, step_name=state.step_name)
 
@@ -333,88 +351,29 @@ class Runner:
             ended_at=state.ended_at,
         )
 
-    def _crash(self, error: BaseException) -> None:
-        """Something no step handles escaped: record the run as ended, then let it propagate."""
-        gen, self._step_gen = self._step_gen, None
-        try:
-            if gen is not None:
-                self._close_quietly(gen)
-        finally:
-            if not self.state.status.is_terminal:
-                step = self.steps[max(self._step_index, 0)]
-                self.failure = StepFailed(step, error)
-                self._finish(RunStatus.error)
+    def result_or_raise(self) -> WorkflowRunOutput:
+        """The ended run's output, as ``run()`` returns it: ``WorkflowError`` if a step failed."""
+        output = self.output
+        assert output is not None, "the run has not ended"
+        if output.status is RunStatus.error:
+            failure = self.failure
+            raise WorkflowError(
+                f"workflow {output.workflow_id!r} run {output.run_id} failed in step "
+                f"{output.step_name!r}: {output.error_type}: {output.error}",
+                output,
+            ) from (failure.error if failure is not None else None)
+        return output
+
+    def _fail(self, error: BaseException) -> None:
+        """End the run ``error`` with ``error`` as the failure of the step it was in."""
+        self.failure = StepFailed(self.steps[max(self._step_index, 0)], error)
+        self._finish(RunStatus.error)
+
+    # -- the consumer left, or the run crashed: see threadflow._abandon ----
 
     def abandon(self) -> None:
-        """The consumer left: cancel (``stream_closed``), let the step clean up, record the end.
-
-        Safe to call at any point, and more than once; does nothing once the
-        run has ended. Whatever the step's cleanup raises (even
-        ``KeyboardInterrupt``), the run is recorded and leaves the registry.
-        """
-        state = self.state
-        if state.status.is_terminal:
-            return
-        REGISTRY.cancel(state, None, CancelCause.stream_closed)
-        gen, self._step_gen = self._step_gen, None
-        try:
-            if gen is not None:
-                self._drain(gen)
-        finally:
-            if not state.status.is_terminal:
-                self._record_abandoned(gen is not None)
-
-    def _record_abandoned(self, in_stream: bool) -> None:
-        state = self.state
-        if in_stream:
-            step = self.steps[self._step_index]
-            run_fields = self._step_fields(step, self._step_index, agent=True)
-            self.emit(RunCancelledEvent, reason=state.reason, cause=_cause(state), **run_fields)
-        if state.started_at is None:  # never iterated: the log still starts with workflow_started
-            state.started_at = _time()
-            self.emit(WorkflowStartedEvent)
-        self._finish(RunStatus.cancelled)
-
-    def _drain(self, gen: Generator[Any, None, Any]) -> None:
-        """Run a suspended step to its end without a consumer: shielded code first, then the cancel."""
-        state = self.state
-        thrown = 0
-        while True:
-            token = _CURRENT.set(self.ctx)
-            try:
-                if state.shield_depth:
-                    next(gen)  # its output is discarded: nobody is listening
-                else:
-                    _throw_cancel(gen, state, thrown)
-                    thrown += 1
-            except (StopIteration, CancellationError):
-                return
-            except Exception:
-                logger.debug("threadflow: step raised while cleaning up an abandoned run", exc_info=True)
-                return
-            finally:
-                _CURRENT.reset(token)
-
-
-#: Times a generator step may swallow the cancel thrown into it and yield again
-#: before it is closed instead: level-triggered, yet a step cannot keep a
-#: cancelled run alive for ever.
-SWALLOW_LIMIT = 2
-
-
-def _throw_cancel(gen: Generator[Any, None, Any], state: RunState, thrown: int) -> Any:
-    """Deliver the cancel into a step suspended at its ``yield``; the step's next chunk, if it swallows it."""
-    if thrown >= SWALLOW_LIMIT:
-        try:
-            gen.close()
-        except Exception:
-            logger.debug("threadflow: a step ignored GeneratorExit after swallowing the cancel", exc_info=True)
-        raise cancellation_error(state)
-    return gen.throw(cancellation_error(state))
-
-
-def _cause(state: RunState) -> CancelCause:
-    return state.cause or CancelCause.requested
+        """The consumer left: cancel (``stream_closed``), let the step clean up, record the end."""
+        abandon(self)
 
 
 def _fan_out(sinks: list[EventSink]) -> EventSink | None:

@@ -15,8 +15,8 @@ import logging
 import threading
 import time
 
-from .events import CancelCause
-from .registry import REGISTRY, RunState
+from ._registry import REGISTRY, RunState
+from .status import CancelCause
 
 __all__ = ["TIMER"]
 
@@ -113,13 +113,17 @@ class _Timer:
                     return expired
                 if not self._heap:
                     if not self._cond.wait(_IDLE_EXIT_SECONDS) and not self._heap:
-                        return None  # _loop's finally forgets this thread
+                        # Forget this thread under the same lock that decided it exits:
+                        # a deadline armed after this line starts a new thread.
+                        self._thread = None
+                        return None
                     continue
                 self._cond.wait(self._heap[0][0] - now)
 
 
 def _expire(state: RunState) -> None:
-    REGISTRY.cancel(state, f"run_timeout of {state.timeout:g}s exceeded", CancelCause.timeout)
+    # The timer serves every run: a slow on_cancel callback must delay only its own run.
+    REGISTRY.cancel(state, f"run_timeout of {state.timeout:g}s exceeded", CancelCause.timeout, callbacks_elsewhere=True)
 
 
 TIMER = _Timer()

@@ -32,9 +32,10 @@ from urllib.parse import quote, unquote
 
 import httpx
 
-from .events import Event, RunInfo, parse_event
+from ._validate import check_reason
+from .events import Event, parse_event
 from .exceptions import DuplicateRunError
-from .registry import check_reason
+from .status import RunInfo
 
 __all__ = ["Client", "EventStream"]
 

@@ -20,14 +20,16 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from ._registry import REGISTRY, RunState
 from ._timer import TIMER
-from .events import CancelCause, RunStatus
+from ._validate import check_seconds, is_number
 from .exceptions import CancellationError
-from .registry import REGISTRY, RunState
+from .status import CancelCause, RunStatus
 
 __all__ = ["RunContext", "get_context", "shield"]
 
-_current: ContextVar[RunContext | None] = ContextVar("threadflow_run_context", default=None)
+#: The ambient run context; set by the runner only while step code executes.
+_CURRENT: ContextVar[RunContext | None] = ContextVar("threadflow_run_context", default=None)
 
 
 class RunContext:
@@ -80,7 +82,7 @@ class RunContext:
         The time asleep does not count toward ``run_timeout``. Inside a shield
         the sleep runs its full length.
         """
-        _check_seconds("sleep length", seconds)
+        check_seconds("sleep length", seconds)
         self._wait_until(None, time.monotonic() + seconds)
 
     def wait(self, event: threading.Event | float | None = None, timeout: float | None = None) -> bool:
@@ -92,10 +94,10 @@ class RunContext:
         interruptible pause; ``ctx.wait(5)`` is ``ctx.wait(timeout=5)``. The
         time waited does not count toward ``run_timeout``.
         """
-        if isinstance(event, (int, float)) and not isinstance(event, bool) and timeout is None:
+        if is_number(event) and timeout is None:
             event, timeout = None, event
         if timeout is not None:
-            _check_seconds("timeout", timeout)
+            check_seconds("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._wait_until(event, deadline)  # type: ignore[arg-type]  # a number was moved to timeout
 
@@ -134,15 +136,18 @@ class RunContext:
 def _wait_for(state: RunState, event: threading.Event | None, deadline: float | None) -> bool:
     """Wait for ``event`` (or only the deadline); wake early on an unshielded cancel."""
     if event is None:
-        while not state.delivers_cancel:
+        while True:
+            # One read decides: a cancel accepted after it sets cancel_event, which wakes the wait.
+            requested = state.cancel_requested
+            if requested and not state.shield_depth:
+                return False
             remaining = _remaining(deadline)
             if remaining == 0.0:
                 return False
-            if state.cancel_requested:  # shielded: the cancel cannot wake us
+            if requested:  # shielded: the cancel cannot wake us
                 time.sleep(remaining if remaining is not None else _MAX_SLICE)
             else:
                 state.cancel_event.wait(remaining)
-        return False
     return _wait_for_event(state, event, deadline)
 
 
@@ -183,18 +188,14 @@ def _remaining(deadline: float | None) -> float | None:
     return min(_MAX_SLICE, max(0.0, deadline - time.monotonic()))
 
 
-def _check_seconds(what: str, seconds: object) -> None:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
-        raise ValueError(f"{what} must be a non-negative number of seconds, not {seconds!r}")
-
-
 def cancellation_error(state: RunState) -> CancellationError:
-    return CancellationError(state.run_id, state.reason, state.cause or CancelCause.requested)
+    """The exception a checkpoint of the cancelled run ``state`` raises."""
+    return CancellationError(state.run_id, state.reason, state.effective_cause)
 
 
 def get_context() -> RunContext:
     """The ``RunContext`` of the step now executing; ``RuntimeError`` outside a run."""
-    ctx = _current.get()
+    ctx = _CURRENT.get()
     if ctx is None:
         raise RuntimeError("threadflow.get_context() called outside a running step")
     return ctx
@@ -216,7 +217,3 @@ def shield() -> Iterator[None]:
     finally:
         with REGISTRY.lock:
             state.shield_depth -= 1
-
-
-def current_context_var() -> ContextVar[RunContext | None]:
-    return _current

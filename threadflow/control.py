@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from ._background import shutdown
-from ._reaper import drain
-from .events import CancelCause, RunInfo
-from .registry import REGISTRY, check_reason
-from .storage._defaults import lookup_run
+from ._gcdefer import drain
+from ._registry import LOCAL_RUNS, REGISTRY
+from .status import RunInfo
+from .storage._defaults import known_stores
 
 __all__ = ["active_runs", "cancel_run", "get_run", "shutdown"]
 
@@ -17,16 +17,25 @@ def cancel_run(run_id: str, reason: str | None = None) -> bool:
     True iff the run is active (it will then end ``cancelled``); False for an
     unknown id or a run that has ended. ``TypeError`` for a non-str reason.
     """
-    check_reason(reason)
-    if not isinstance(run_id, str):
-        return False
-    drain()
-    return REGISTRY.request_cancel(run_id, reason, CancelCause.requested)
+    return LOCAL_RUNS.cancel(run_id, reason)
 
 
 def get_run(run_id: str) -> RunInfo | None:
-    """The record of run ``run_id``: active runs, and finished ones the stores still keep."""
-    return lookup_run(run_id)
+    """The record of run ``run_id``: live while it is active, else from the first store that keeps it.
+
+    The stores searched are the default one and every store a workflow of this process has used.
+    """
+    if not isinstance(run_id, str):
+        return None
+    drain()  # a run a garbage collection abandoned is recorded before we answer
+    info = LOCAL_RUNS.info(run_id)
+    if info is not None:
+        return info
+    for store in known_stores():
+        info = store.get_run(run_id)
+        if info is not None:
+            return info
+    return None
 
 
 def active_runs() -> list[RunInfo]:

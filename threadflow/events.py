@@ -14,9 +14,11 @@ A run's events are numbered ``seq`` 1, 2, 3, ... without gaps; the first is
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from .status import CancelCause, RunStatus
 
 __all__ = [
     "BaseEvent",
@@ -27,7 +29,6 @@ __all__ = [
     "RunContentEvent",
     "RunErrorEvent",
     "RunEvent",
-    "RunInfo",
     "RunStartedEvent",
     "RunStatus",
     "StepCompletedEvent",
@@ -41,53 +42,6 @@ __all__ = [
     "is_terminal",
     "parse_event",
 ]
-
-
-class RunStatus(enum.StrEnum):
-    """Where a run is in its lifecycle (SPEC §2). The last three are terminal."""
-
-    pending = "pending"
-    running = "running"
-    waiting = "waiting"
-    cancelling = "cancelling"
-    completed = "completed"
-    cancelled = "cancelled"
-    error = "error"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in _TERMINAL_STATUSES
-
-
-_TERMINAL_STATUSES = frozenset({RunStatus.completed, RunStatus.cancelled, RunStatus.error})
-
-
-class CancelCause(enum.StrEnum):
-    """Why a run was cancelled."""
-
-    requested = "requested"  # cancel_run(), RunHandle.cancel(), the CLI, HTTP
-    timeout = "timeout"  # run_timeout elapsed
-    stream_closed = "stream_closed"  # the consumer left the stream
-    shutdown = "shutdown"  # threadflow.shutdown() or interpreter exit
-
-
-class RunInfo(BaseModel):
-    """A snapshot of one run's record: what ``get_run()`` and the stores answer."""
-
-    model_config = ConfigDict(frozen=True)
-
-    run_id: str
-    workflow_id: str
-    workflow_name: str
-    status: RunStatus
-    cause: CancelCause | None = None
-    reason: str | None = None
-    step_name: str | None = None
-    error: str | None = None
-    error_type: str | None = None
-    created_at: float
-    started_at: float | None = None
-    ended_at: float | None = None
 
 
 class WorkflowRunEvent(enum.StrEnum):
@@ -246,57 +200,3 @@ def parse_event(data: str | bytes | bytearray | dict[str, Any]) -> Event:
 def is_terminal(event: BaseEvent) -> bool:
     """True for ``workflow_completed``, ``workflow_cancelled`` and ``workflow_error``."""
     return event.terminal
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def make_event(cls: type[_M], fields: dict[str, Any]) -> _M:
-    """Build an event (or a ``RunInfo``) from trusted values without re-validating them.
-
-    The runner builds every event from values it produced itself, so pydantic's
-    validation would only cost time on the hot path (it is most of the price of
-    an event). ``fields`` must give every required field; the result is equal
-    to, and dumps the same JSON as, the validated ``cls(**fields)``.
-    """
-    values = _TEMPLATES[cls].copy()  # keeps the declared field order for the JSON
-    values.update(fields)
-    obj = _new(cls)
-    _set_dict(obj, values)
-    _set_fields_set(obj, _FIELDS_SET[cls])
-    _set_extra(obj, None)
-    _set_private(obj, None)
-    return obj
-
-
-# BaseModel's own slot descriptors: setting them directly skips the frozen
-# model's __setattr__ guard, which is what pydantic's model_construct does too.
-_new = object.__new__
-_set_dict = BaseModel.__dict__["__dict__"].__set__
-_set_fields_set = BaseModel.__dict__["__pydantic_fields_set__"].__set__
-_set_extra = BaseModel.__dict__["__pydantic_extra__"].__set__
-_set_private = BaseModel.__dict__["__pydantic_private__"].__set__
-
-
-def _template(cls: type[BaseModel]) -> dict[str, Any]:
-    fields = cls.model_fields.items()
-    return {name: (None if info.is_required() else info.default) for name, info in fields}
-
-
-_FAST_MODELS: tuple[type[BaseModel], ...] = (
-    RunInfo,
-    WorkflowStartedEvent,
-    StepStartedEvent,
-    StepRetryingEvent,
-    StepCompletedEvent,
-    WorkflowCompletedEvent,
-    WorkflowCancelledEvent,
-    WorkflowErrorEvent,
-    RunStartedEvent,
-    RunContentEvent,
-    RunCompletedEvent,
-    RunCancelledEvent,
-    RunErrorEvent,
-)
-_TEMPLATES: dict[type[BaseModel], dict[str, Any]] = {c: _template(c) for c in _FAST_MODELS}
-_FIELDS_SET: dict[type[BaseModel], set[str]] = {c: set(c.model_fields) for c in _FAST_MODELS}

@@ -19,8 +19,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .events import CancelCause
     from .output import WorkflowRunOutput
+    from .status import CancelCause
 
 __all__ = ["CancellationError", "DuplicateRunError", "WorkflowError"]
 

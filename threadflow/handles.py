@@ -1,25 +1,31 @@
-"""What ``run()`` hands back: a ``RunStream`` to iterate, or a ``RunHandle`` on a background run."""
+"""What ``run()`` and ``arun()`` hand back: ``RunStream``, ``RunHandle`` and ``AsyncRunStream``."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import inspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._reaper import finish_soon
-from .events import BaseEvent, CancelCause, Event, RunStatus
-from .exceptions import WorkflowError
+from ._asyncbridge import follow
+from ._gcdefer import finish_soon
+from ._registry import REGISTRY, RunState
+from ._runlog import EventLog
+from ._validate import check_count, check_reason
+from .events import BaseEvent, Event
 from .output import WorkflowRunOutput
-from .registry import REGISTRY, RunState, check_reason
+from .status import CancelCause, RunInfo, RunStatus
 
 if TYPE_CHECKING:
     from ._runner import Runner
 
-__all__ = ["EventLog", "RunHandle", "RunStream", "result_or_raise"]
+__all__ = ["AsyncRunStream", "RunHandle", "RunStream"]
 
 logger = logging.getLogger("threadflow")
 
@@ -34,12 +40,14 @@ class RunStream:
     ``cancelled``. ``output`` is the ``WorkflowRunOutput`` once the stream has ended.
     """
 
-    __slots__ = ("__weakref__", "_consumer", "_gen", "_runner")
+    __slots__ = ("__weakref__", "_claim", "_consumer", "_gen", "_runner")
 
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
         self._gen: Generator[BaseEvent, None, None] = runner.events()
-        self._consumer: int | None = None  # the thread iterating, once one is
+        self._consumer: int | None = None  # the thread iterating (or closing), once one is
+        # Taken only until a thread owns the stream, and by a close() of an unstarted one.
+        self._claim = threading.Lock()
         # A generator that never started runs no code when it is collected, so
         # the abandoned-before-start case is recorded from a finaliser instead.
         weakref.finalize(self._gen, finish_soon, runner.abandon)
@@ -63,24 +71,53 @@ class RunStream:
         # One generator per loop: when a ``for`` loop is left by ``break`` it
         # drops this iterator, whose close() closes the run (SPEC §3 rule 8)
         # even while the caller still holds the stream.
-        self._consumer = threading.get_ident()
+        if self._consumer is None:
+            self._own()
         yield from self._gen  # type: ignore[misc]  # the runner yields only Event members
+        yield from self._unsent()
 
     def __next__(self) -> Event:
-        self._consumer = threading.get_ident()
-        return next(self._gen)  # type: ignore[return-value]
+        if self._consumer is None:
+            self._own()
+        try:
+            return next(self._gen)  # type: ignore[return-value]
+        except StopIteration:
+            for event in self._unsent():
+                return event
+            raise
+
+    def _own(self) -> None:
+        with self._claim:
+            if self._consumer is None:
+                self._consumer = threading.get_ident()
+
+    def _unsent(self) -> Iterator[Event]:
+        """What was recorded after the consumer left, for a consumer that comes back (once each)."""
+        with self._claim:  # a close() of an unstarted stream may still be recording them
+            unsent = self._runner.unsent
+        while unsent:
+            yield unsent.pop(0)  # type: ignore[misc]  # the runner records only Event members
 
     def close(self) -> None:
-        """Stop consuming: cancels a run that has not ended (cause ``stream_closed``).
+        """Stop consuming: cancels a run that has not ended (cause ``stream_closed``). Never raises.
 
         From the consuming thread, the step's cleanup has run when it returns.
         From another thread (or from step code) it only requests the cancel:
         the consumer's next ``next()`` delivers it, so two threads never drive
-        the run at once.
+        the run at once. A stream closed before anyone iterated it is recorded
+        at once; iterating it afterwards yields ``workflow_started`` and
+        ``workflow_cancelled`` (cause ``stream_closed``) — every consumer sees
+        exactly one terminal event.
         """
-        consumer = self._consumer
-        running = inspect.getgeneratorstate(self._gen) == inspect.GEN_RUNNING
-        if running or (consumer is not None and consumer != threading.get_ident()):
+        me = threading.get_ident()
+        with self._claim:
+            consumer = self._consumer
+            if consumer is None:  # nobody iterates it yet: this thread ends it before anyone can
+                self._consumer = me
+                self._gen.close()
+                self._runner.abandon()
+                return
+        if consumer != me or inspect.getgeneratorstate(self._gen) == inspect.GEN_RUNNING:
             REGISTRY.cancel(self._runner.state, None, CancelCause.stream_closed)
             return
         started = inspect.getgeneratorstate(self._gen) != inspect.GEN_CREATED
@@ -98,71 +135,6 @@ class RunStream:
 
     def __repr__(self) -> str:
         return f"<RunStream {self.run_id} {self.status.value}>"
-
-
-class EventLog:
-    """A background run's events, kept for replay and followed live by any number of readers.
-
-    Readers are cursors into one list, so a reader that stops reading never
-    blocks the run and costs no memory of its own; the log itself holds the
-    run's events (what ``events(after_seq=0)`` must replay) and goes away
-    with the handle.
-    """
-
-    __slots__ = ("_cond", "_events", "_listeners", "_waiters", "done")
-
-    def __init__(self) -> None:
-        self._events: list[BaseEvent] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._waiters = 0
-        self._listeners: list[Callable[[], None]] = []
-        self.done = False
-
-    def append(self, event: BaseEvent) -> None:
-        with self._cond:
-            self._events.append(event)
-            if event.terminal:
-                self.done = True
-            if self._waiters:
-                self._cond.notify_all()
-            listeners = self._listeners[:] if self._listeners else None
-        if listeners:
-            for listener in listeners:
-                listener()
-
-    def add_listener(self, listener: Callable[[], None]) -> None:
-        """Call ``listener()`` after every append (from the run's thread)."""
-        with self._cond:
-            self._listeners.append(listener)
-
-    def remove_listener(self, listener: Callable[[], None]) -> None:
-        with self._cond:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
-
-    def since(self, after_seq: int) -> list[BaseEvent]:
-        """The events with ``seq > after_seq`` logged so far."""
-        with self._cond:
-            return self._events[after_seq:]
-
-    def follow(self, after_seq: int = 0, timeout: float | None = None) -> Iterator[Event]:
-        """Replay, then follow live until the terminal event."""
-        cursor = after_seq
-        while True:
-            with self._cond:
-                while len(self._events) <= cursor and not self.done:
-                    self._waiters += 1
-                    try:
-                        self._cond.wait(timeout)
-                    finally:
-                        self._waiters -= 1
-                batch = self._events[cursor:]
-                finished = self.done
-            for event in batch:
-                cursor += 1
-                yield event  # type: ignore[misc]  # the runner logs only Event members
-            if finished and cursor >= len(self._events):
-                return
 
 
 class RunHandle:
@@ -193,17 +165,29 @@ class RunHandle:
         return self._runner.state.status
 
     @property
-    def state(self) -> RunState:
+    def _state(self) -> RunState:
         return self._runner.state
 
     @property
     def output(self) -> WorkflowRunOutput | None:
         return self._runner.output
 
+    def info(self) -> RunInfo:
+        """A snapshot of the run's record (as ``get_run()`` answers it), live while it is active."""
+        return self._runner.state.info()
+
     def cancel(self, reason: str | None = None) -> bool:
         """Request the cancel; True iff the run was still active (it will end ``cancelled``)."""
         check_reason(reason)
         return REGISTRY.cancel(self._runner.state, reason, CancelCause.requested)
+
+    def close(self) -> bool:
+        """The consumer of this run's events has left: cancel with cause ``stream_closed``.
+
+        True iff the run was still active (it will end ``cancelled``); a no-op
+        returning False once it has ended. Like ``cancel()``, never waits for the run's code.
+        """
+        return REGISTRY.cancel(self._runner.state, None, CancelCause.stream_closed)
 
     def done(self) -> bool:
         return self._done.is_set()
@@ -219,17 +203,19 @@ class RunHandle:
         """
         if not self._done.wait(timeout):
             raise TimeoutError(f"run {self.run_id} has not ended after {timeout}s")
-        return result_or_raise(self._runner)
+        return self._runner.result_or_raise()
 
     def events(self, after_seq: int = 0) -> Iterator[Event]:
         """The run's events after ``after_seq``: what was emitted so far, then live ones, to the end."""
-        if isinstance(after_seq, bool) or not isinstance(after_seq, int) or after_seq < 0:
-            raise ValueError(f"after_seq must be a non-negative int, not {after_seq!r}")
-        return self._log.follow(after_seq)
+        return self._log.follow(check_count("after_seq", after_seq))
 
-    @property
-    def log(self) -> EventLog:
-        return self._log
+    def aevents(self, after_seq: int = 0) -> AsyncGenerator[Event, None]:
+        """``events()`` for asyncio: ``async for ev in handle.aevents()`` never blocks the event loop.
+
+        Replays the events after ``after_seq``, then follows live ones through
+        the terminal event. ``ValueError`` (at once) for a bad ``after_seq``.
+        """
+        return follow(self._log, check_count("after_seq", after_seq))
 
     def add_done_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once the run has ended (at once if it has), from the ending thread.
@@ -256,14 +242,59 @@ class RunHandle:
         return f"<RunHandle {self.run_id} {self.status.value}>"
 
 
-def result_or_raise(runner: Runner) -> WorkflowRunOutput:
-    output = runner.output
-    assert output is not None, "the run has not ended"
-    if output.status is RunStatus.error:
-        failure = runner.failure
-        raise WorkflowError(
-            f"workflow {output.workflow_id!r} run {output.run_id} failed in step "
-            f"{output.step_name!r}: {output.error_type}: {output.error}",
-            output,
-        ) from (failure.error if failure is not None else None)
-    return output
+class AsyncRunStream:
+    """What ``arun(stream=True)`` returns: an async iterator over the run's events.
+
+    The run is registered at once (``run_id`` is known, a duplicate id raises)
+    and starts on the first iteration; one that is never iterated and is
+    dropped is recorded ``cancelled`` (``stream_closed``), like a ``RunStream``.
+    Leaving the loop early cancels the run (``stream_closed``); cancelling the
+    iterating task cancels it (``requested``).
+    """
+
+    def __init__(self, handle: RunHandle, start: Callable[[RunHandle], None]) -> None:
+        self._handle = handle
+        self._start = start
+        self._started = False
+        self._unstarted = weakref.finalize(self, finish_soon, functools.partial(_abandon_unstarted, handle))
+
+    @property
+    def run_id(self) -> str:
+        return self._handle.run_id
+
+    @property
+    def output(self) -> WorkflowRunOutput | None:
+        return self._handle.output
+
+    def __await__(self) -> Generator[Any, None, AsyncRunStream]:
+        # ``async for ev in await wf.arun(x, stream=True)`` works too.
+        return self._itself().__await__()
+
+    async def _itself(self) -> AsyncRunStream:
+        return self
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        if not self._started:
+            self._started = True
+            self._unstarted.detach()
+            self._start(self._handle)
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[Event]:
+        handle = self._handle
+        try:
+            async with contextlib.aclosing(handle.aevents()) as events:
+                async for event in events:
+                    yield event
+        except asyncio.CancelledError:
+            handle.cancel("the awaiting asyncio task was cancelled")
+            raise
+        finally:
+            handle.close()  # an early exit (break, aclose) is the consumer leaving; no-op once ended
+
+
+def _abandon_unstarted(handle: RunHandle) -> None:
+    try:
+        handle._runner.abandon()
+    finally:
+        handle._set_done()

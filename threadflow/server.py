@@ -68,9 +68,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import CancelCause, DuplicateRunError, RunHandle, RunInfo, RunStatus, Workflow, __version__
+from ._registry import REGISTRY, RunState
+from ._runlog import EventLog
 from .events import BaseEvent
-from .handles import EventLog
-from .registry import REGISTRY, RunState
 from .storage import RunStore, StoreError
 from .storage._defaults import DB_ENV, default_store
 
@@ -489,7 +489,9 @@ class _Api:
         headers = {RUN_ID_HEADER: quote(handle.run_id, safe=""), "Location": location}
         if body.stream:
             wakeup = _Wakeup()
-            return _EventStreamResponse(_follow_log(handle.log, 0, wakeup), wakeup, owns=handle.state, headers=headers)
+            return _EventStreamResponse(
+                _follow_log(handle._log, 0, wakeup), wakeup, owns=handle._state, headers=headers
+            )
         started = {"run_id": handle.run_id, "workflow_id": handle.workflow_id, "status": handle.status.value}
         return _JSONResponse(started, status_code=202, headers=headers)
 
@@ -521,7 +523,7 @@ class _Api:
         handle = self.recent.get(workflow, run_id)
         if handle is not None:
             wakeup = _Wakeup()
-            return _EventStreamResponse(_follow_log(handle.log, after_seq, wakeup), wakeup, owns=None, headers={})
+            return _EventStreamResponse(_follow_log(handle._log, after_seq, wakeup), wakeup, owns=None, headers={})
         store, info = await run_in_threadpool(self._event_store, workflow, run_id)
         if store is None:
             if info is None:

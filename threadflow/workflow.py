@@ -3,44 +3,57 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
+import hashlib
 import logging
-import os
 import re
-import uuid
-import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Sequence
-from typing import Any, Literal, overload
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal, TypedDict, Unpack, overload
 
+from ._asyncbridge import until_done
 from ._background import WorkerPool
-from ._reaper import drain, finish_soon
+from ._gcdefer import drain
+from ._printable import safe_repr
+from ._registry import LOCAL_RUNS, REGISTRY, RunState, new_run_id
+from ._runlog import EventLog
 from ._runner import Runner
-from .events import BaseEvent, CancelCause, Event, RunInfo
-from .handles import EventLog, RunHandle, RunStream, result_or_raise
+from ._validate import check_count, check_id, check_reason, check_seconds
+from .events import BaseEvent
+from .handles import AsyncRunStream, RunHandle, RunStream
 from .output import WorkflowRunOutput
-from .registry import REGISTRY, RunState, check_reason
+from .status import CancelCause, RunInfo
 from .steps import Step, as_steps
 from .storage import RunStore
-from .storage._defaults import default_store, lookup_run, track_store
+from .storage._defaults import default_store, track_store
 
-__all__ = ["AsyncRunStream", "Workflow"]
+__all__ = ["RunOptions", "Workflow"]
 
 _event_logger = logging.getLogger("threadflow.events")
 
 
-def _slug(name: str) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return slug or uuid.uuid4().hex
+class RunOptions(TypedDict, total=False):
+    """The options every way of starting a run takes (``run()``, ``arun()``)."""
+
+    #: The run's id (``DuplicateRunError`` if it is active); a random UUID when omitted.
+    run_id: str | None
+    #: Overrides the workflow's ``run_timeout`` for this run.
+    run_timeout: float | None
 
 
-def new_run_id() -> str:
-    """A random (version 4) UUID string, made without the uuid module's object overhead."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+# The overloads' flags: a call that sets (``_On``) or leaves (``_Off``) stream/background.
+_On = Literal[True]
+_Off = Literal[False]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _steps_id(steps: Sequence[Step]) -> str:
+    """A stable id for an unnamed workflow: its step names, slugged, and a short hash of them."""
+    names = [step.name for step in steps]
+    digest = hashlib.sha256("\0".join(names).encode()).hexdigest()[:8]
+    slug = _slug("-".join(names))[:40].strip("-")
+    return f"{slug}-{digest}" if slug else f"workflow-{digest}"
 
 
 def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEvent], None]:
@@ -51,17 +64,13 @@ def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEven
             inner(event)
         if _event_logger.isEnabledFor(logging.DEBUG):
             # repr() for content JSON cannot hold: logging must never fail a run
-            _event_logger.debug("%s", event.model_dump_json(fallback=repr))
+            _event_logger.debug("%s", event.model_dump_json(fallback=safe_repr))
 
     return log_event
 
 
 def _check_timeout(run_timeout: object) -> float | None:
-    if run_timeout is None:
-        return None
-    if isinstance(run_timeout, bool) or not isinstance(run_timeout, (int, float)) or not run_timeout > 0:
-        raise ValueError(f"run_timeout must be a positive number of seconds, not {run_timeout!r}")
-    return float(run_timeout)
+    return check_seconds("run_timeout", run_timeout, positive=True, optional=True)
 
 
 class Workflow:
@@ -70,6 +79,13 @@ class Workflow:
     ``run()`` executes in the calling thread (or, with ``background=True``, on
     a worker thread); every run streams the same typed events and can be
     cancelled from any thread with ``cancel_run()``.
+
+    ``id`` defaults to a slug of ``name``. An unnamed workflow (or one whose
+    name has nothing to slug) gets an id that is the same in every process,
+    so that its stored runs stay findable after a restart: the slug of its
+    step names joined by ``-`` (cut at 40 characters), ``-``, and the first 8
+    hex digits of the SHA-256 of the names joined by NUL — e.g.
+    ``fetch-summarize-1a2b3c4d``. Workflows with the same step names share it.
     """
 
     def __init__(
@@ -86,17 +102,16 @@ class Workflow:
     ) -> None:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"name must be a str, not {type(name).__name__}")
-        if id is not None and (not isinstance(id, str) or not id):
-            raise ValueError(f"id must be a non-empty str, not {id!r}")
-        if isinstance(max_concurrent_runs, bool) or not isinstance(max_concurrent_runs, int) or max_concurrent_runs < 1:
-            raise ValueError(f"max_concurrent_runs must be a positive int, not {max_concurrent_runs!r}")
+        if id is not None:
+            check_id("id", id)
+        check_count("max_concurrent_runs", max_concurrent_runs, minimum=1)
         self.steps: tuple[Step, ...] = as_steps(steps)
-        self.id = id or (_slug(name) if name else uuid.uuid4().hex)
+        self.id = id or _slug(name or "") or _steps_id(self.steps)
         self.name = name or self.id
         self.description = description
         self.run_timeout = _check_timeout(run_timeout)
         self.store: RunStore = store if store is not None else default_store()
-        track_store(self.store)
+        track_store(self.store, LOCAL_RUNS)
         self.max_concurrent_runs = max_concurrent_runs
         self.debug_mode = debug_mode
         self._pool = WorkerPool(max_concurrent_runs, self.id)
@@ -105,46 +120,19 @@ class Workflow:
 
     @overload
     def run(
-        self,
-        input: Any = None,
-        *,
-        stream: Literal[True],
-        background: Literal[False] = False,
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: _On, background: _Off = False, **opts: Unpack[RunOptions]
     ) -> RunStream: ...
-
     @overload
     def run(
-        self,
-        input: Any = None,
-        *,
-        stream: bool = False,
-        background: Literal[True],
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: bool = False, background: _On, **opts: Unpack[RunOptions]
     ) -> RunHandle: ...
-
     @overload
     def run(
-        self,
-        input: Any = None,
-        *,
-        stream: Literal[False] = False,
-        background: Literal[False] = False,
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: _Off = False, background: _Off = False, **opts: Unpack[RunOptions]
     ) -> WorkflowRunOutput: ...
-
     @overload
     def run(
-        self,
-        input: Any = None,
-        *,
-        stream: bool = False,
-        background: bool = False,
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: bool = False, background: bool = False, **opts: Unpack[RunOptions]
     ) -> WorkflowRunOutput | RunStream | RunHandle: ...
 
     def run(
@@ -173,7 +161,7 @@ class Workflow:
             return RunStream(runner)
         for _ in runner.events():
             pass
-        return result_or_raise(runner)
+        return runner.result_or_raise()
 
     def _new_runner(
         self,
@@ -185,10 +173,7 @@ class Workflow:
         sink: Any = None,
     ) -> Runner:
         drain()  # a safe point: finish runs a garbage collection abandoned
-        if run_id is None:
-            run_id = new_run_id()
-        elif not isinstance(run_id, str) or not run_id:
-            raise ValueError(f"run_id must be a non-empty str, not {run_id!r}")
+        run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
         state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=background)
         REGISTRY.add(state)
@@ -214,46 +199,19 @@ class Workflow:
 
     @overload
     def arun(
-        self,
-        input: Any = None,
-        *,
-        stream: Literal[True],
-        background: Literal[False] = False,
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: _On, background: _Off = False, **opts: Unpack[RunOptions]
     ) -> AsyncRunStream: ...
-
     @overload
     def arun(
-        self,
-        input: Any = None,
-        *,
-        stream: bool = False,
-        background: Literal[True],
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: bool = False, background: _On, **opts: Unpack[RunOptions]
     ) -> Coroutine[Any, Any, RunHandle]: ...
-
     @overload
     def arun(
-        self,
-        input: Any = None,
-        *,
-        stream: Literal[False] = False,
-        background: Literal[False] = False,
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: _Off = False, background: _Off = False, **opts: Unpack[RunOptions]
     ) -> Coroutine[Any, Any, WorkflowRunOutput]: ...
-
     @overload
     def arun(
-        self,
-        input: Any = None,
-        *,
-        stream: bool = False,
-        background: bool = False,
-        run_id: str | None = None,
-        run_timeout: float | None = None,
+        self, input: Any = None, *, stream: bool = False, background: bool = False, **opts: Unpack[RunOptions]
     ) -> AsyncRunStream | Coroutine[Any, Any, WorkflowRunOutput | RunHandle]: ...
 
     def arun(
@@ -277,7 +235,7 @@ class Workflow:
         with any coroutine, nothing starts until it is awaited.
         """
         if stream and not background:
-            return AsyncRunStream(self, self._background_handle(input, run_id, run_timeout))
+            return AsyncRunStream(self._background_handle(input, run_id, run_timeout), self._pool.submit)
         return self._arun(input, background=background, run_id=run_id, run_timeout=run_timeout)
 
     async def _arun(self, run_input: Any, *, background: bool, run_id: str | None, run_timeout: float | None) -> Any:
@@ -285,7 +243,7 @@ class Workflow:
         if background:
             return handle
         try:
-            await _until_done(handle)
+            await until_done(handle)
         except asyncio.CancelledError:
             handle.cancel("the awaiting asyncio task was cancelled")
             raise
@@ -308,105 +266,12 @@ class Workflow:
 
     def get_run(self, run_id: str) -> RunInfo | None:
         """The run's record while it is active, and after it ends while the store keeps it."""
-        info = lookup_run(run_id, stores=(self.store,))
+        if not isinstance(run_id, str):
+            return None
+        drain()  # a run a garbage collection abandoned is recorded before we answer
+        state = REGISTRY.get(run_id)
+        info = state.info() if state is not None else self.store.get_run(run_id)
         return info if info is not None and info.workflow_id == self.id else None
 
     def __repr__(self) -> str:
         return f"Workflow({self.name!r}, id={self.id!r}, steps={[s.name for s in self.steps]})"
-
-
-class AsyncRunStream:
-    """What ``arun(stream=True)`` returns: an async iterator over the run's events.
-
-    The run is registered at once (``run_id`` is known, a duplicate id raises)
-    and starts on the first iteration; one that is never iterated and is
-    dropped is recorded ``cancelled`` (``stream_closed``), like a ``RunStream``.
-    """
-
-    def __init__(self, workflow: Workflow, handle: RunHandle) -> None:
-        self._workflow = workflow
-        self._handle = handle
-        self._started = False
-        self._unstarted = weakref.finalize(self, finish_soon, functools.partial(_abandon_unstarted, handle))
-
-    @property
-    def run_id(self) -> str:
-        return self._handle.run_id
-
-    @property
-    def output(self) -> WorkflowRunOutput | None:
-        return self._handle.output
-
-    def __await__(self) -> Generator[Any, None, AsyncRunStream]:
-        # ``async for ev in await wf.arun(x, stream=True)`` works too.
-        return self._itself().__await__()
-
-    async def _itself(self) -> AsyncRunStream:
-        return self
-
-    def __aiter__(self) -> AsyncIterator[Event]:
-        if not self._started:
-            self._started = True
-            self._unstarted.detach()
-            self._workflow._pool.submit(self._handle)
-        return self._events()
-
-    async def _events(self) -> AsyncIterator[Event]:
-        handle = self._handle
-        cursor = 0
-        try:
-            while True:
-                for event in await _next_batch(handle.log, cursor):
-                    cursor += 1
-                    yield event  # type: ignore[misc]  # the runner logs only Event members
-                    if event.terminal:
-                        return
-        except asyncio.CancelledError:
-            handle.cancel("the awaiting asyncio task was cancelled")
-            raise
-        finally:
-            # an early exit (break, aclose) is the consumer leaving; no-op once ended
-            REGISTRY.cancel(handle.state, None, CancelCause.stream_closed)
-
-
-def _abandon_unstarted(handle: RunHandle) -> None:
-    try:
-        handle._runner.abandon()
-    finally:
-        handle._set_done()
-
-
-def _threadsafe_setter(loop: asyncio.AbstractEventLoop, wake: asyncio.Event) -> Callable[[], None]:
-    def set_from_any_thread() -> None:
-        # RuntimeError: the loop has closed, so nobody is waiting any more
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(wake.set)
-
-    return set_from_any_thread
-
-
-async def _until_done(handle: RunHandle) -> None:
-    """Wait, without blocking the loop, until the background run has ended."""
-    wake = asyncio.Event()
-    listener = _threadsafe_setter(asyncio.get_running_loop(), wake)
-    handle.add_done_callback(listener)
-    while not handle.done():
-        await wake.wait()
-        wake.clear()
-
-
-async def _next_batch(log: EventLog, cursor: int) -> list[BaseEvent]:
-    """The events after ``cursor``, waiting without blocking the loop until there is one."""
-    batch = log.since(cursor)
-    if batch:
-        return batch
-    wake = asyncio.Event()
-    listener = _threadsafe_setter(asyncio.get_running_loop(), wake)
-    log.add_listener(listener)
-    try:
-        while not (batch := log.since(cursor)):
-            await wake.wait()
-            wake.clear()
-        return batch
-    finally:
-        log.remove_listener(listener)

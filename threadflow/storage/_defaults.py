@@ -1,19 +1,15 @@
-"""Which store a workflow uses by default, and finding a run's record in any of them."""
+"""Which store a workflow uses by default, and which stores are in use (for ``threadflow.get_run``)."""
 
 from __future__ import annotations
 
 import os
 import threading
 import weakref
-from collections.abc import Iterable
 
-from .._reaper import drain
-from ..events import RunInfo
-from ..registry import REGISTRY
-from .base import RunStore
+from .base import LocalRuns, RunStore
 from .memory import MemoryStore
 
-__all__ = ["DB_ENV", "default_store", "lookup_run", "track_store"]
+__all__ = ["DB_ENV", "default_store", "known_stores", "track_store"]
 
 #: The environment variable naming the SQLite database a workflow uses by default.
 DB_ENV = "THREADFLOW_DB"
@@ -39,29 +35,27 @@ def default_store() -> RunStore:
         return store
 
 
-def track_store(store: RunStore) -> None:
-    """Remember a store in use so that ``threadflow.get_run()`` can find finished runs in it."""
-    if store is not _memory:
-        with _lock:
-            try:
-                _known.add(store)
-            except TypeError:  # no __weakref__, or unhashable: keep it (one per such store)
-                _known_strong[id(store)] = store
+def track_store(store: RunStore, local_runs: LocalRuns) -> None:
+    """Remember a store in use so that ``threadflow.get_run()`` can find finished runs in it.
+
+    The first time a store is seen, it is lent ``local_runs`` through its
+    optional ``bind_local_runs`` (see ``storage.base``).
+    """
+    if store is _memory:
+        return
+    with _lock:
+        try:
+            new = store not in _known
+            _known.add(store)
+        except TypeError:  # no __weakref__, or unhashable: keep it (one per such store)
+            new = id(store) not in _known_strong
+            _known_strong[id(store)] = store
+    bind = getattr(store, "bind_local_runs", None)
+    if new and bind is not None:
+        bind(local_runs)
 
 
-def lookup_run(run_id: str, stores: Iterable[RunStore] | None = None) -> RunInfo | None:
-    """The run's record: live from the registry while active, else from the stores."""
-    if not isinstance(run_id, str):
-        return None
-    drain()  # a run a garbage collection abandoned is recorded before we answer
-    state = REGISTRY.get(run_id)
-    if state is not None:
-        return state.info()
-    if stores is None:
-        with _lock:
-            stores = [_memory, *_known, *_known_strong.values()]
-    for store in stores:
-        info = store.get_run(run_id)
-        if info is not None:
-            return info
-    return None
+def known_stores() -> list[RunStore]:
+    """The default memory store, then every store a workflow has used."""
+    with _lock:
+        return [_memory, *_known, *_known_strong.values()]

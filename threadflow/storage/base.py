@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ..events import BaseEvent, Event, RunInfo, RunStatus
+from ..events import BaseEvent, Event
+from ..status import RunInfo, RunStatus
 
 __all__ = ["LocalRuns", "RunStore"]
 

@@ -11,7 +11,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from ..events import BaseEvent, Event, RunInfo, RunStatus
+from .._validate import check_count
+from ..events import BaseEvent, Event
+from ..status import RunInfo, RunStatus
 
 __all__ = ["MemoryStore"]
 
@@ -22,9 +24,7 @@ class MemoryStore:
     records_events = False
 
     def __init__(self, max_runs: int = 1000) -> None:
-        if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 0:
-            raise ValueError(f"max_runs must be a non-negative int, not {max_runs!r}")
-        self.max_runs = max_runs
+        self.max_runs = check_count("max_runs", max_runs)
         self._lock = threading.Lock()
         self._finished: OrderedDict[str, RunInfo] = OrderedDict()
 
@@ -56,9 +56,17 @@ class MemoryStore:
         selected = [
             info
             for info in runs
-            if (status is None or info.status is status) and (workflow_id is None or info.workflow_id == workflow_id)
+            if (status is None or info.status == status) and (workflow_id is None or info.workflow_id == workflow_id)
         ]
         return selected if limit is None else selected[:limit]
+
+    def run_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Up to ``limit`` ids of the kept runs that start with ``prefix``, newest first."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, not {limit!r}")
+        with self._lock:
+            run_ids = list(reversed(self._finished))
+        return [run_id for run_id in run_ids if run_id.startswith(prefix)][:limit]
 
     def events(self, run_id: str, after_seq: int = 0) -> Sequence[Event]:
         return []

@@ -1,175 +1,164 @@
-"""``threadflow runs ...``: the run history commands (SPEC §5).
+"""``threadflow runs list|status|logs|cancel``: the run history commands (SPEC §5).
 
-``runs list``, ``runs status RUN_ID``, ``runs logs RUN_ID [--follow]`` and
-``runs cancel RUN_ID [--reason R]`` read the SQLite history named by ``--db``
-(before or after the sub-command) or ``$THREADFLOW_DB``. They print tables for
-people and, with ``--json``, JSON for scripts. Exit codes: 0 success; 1 no such
-run, not cancellable, or an unusable history file; 2 usage. Errors are one
-line on stderr. The read commands never create or change a file, except that
-reading records runs whose owning process has died as ended (``error``) and
-migrates a file written by an older threadflow.
-
-Text arguments are taken as the store keeps text: an undecodable byte in a
-run id, reason or workflow (a lone surrogate, the way Python decodes argv)
-becomes ``?``, so it is stored, looked up and printed alike, never a traceback.
+They read the history named by ``--db`` (at the top level, after ``runs`` or
+after the sub-command; the last one given wins) or ``$THREADFLOW_DB``, and
+print tables for people and, with ``--json``, JSON for scripts. ``RUN_ID`` is
+a run's id or, as in git, a prefix that only one run's id starts with; an
+exact id always wins. Exit codes: 0 success; 1 no such run, an ambiguous
+prefix, not cancellable, or an unusable history; 2 usage. The read commands
+never create or change a file, except that reading records runs whose owning
+process has died as ended (``error``) and migrates a file written by an older
+threadflow.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
+import inspect
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
-from .events import (
+from .. import RunInfo, RunStatus
+from ..events import (
     BaseEvent,
     RunCancelledEvent,
     RunCompletedEvent,
     RunContentEvent,
     RunErrorEvent,
-    RunInfo,
-    RunStatus,
     StepCompletedEvent,
     StepRetryingEvent,
     WorkflowCancelledEvent,
     WorkflowCompletedEvent,
     WorkflowErrorEvent,
 )
-from .storage import SqliteStore, StoreError
-from .storage._eventlog import clean_text
+from ..storage import RunStore
+from ._args import (
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    Commands,
+    Parser,
+    add_db_option,
+    positive_float,
+    positive_int,
+    text,
+)
+from ._store import db_from, open_store
 
-__all__ = ["add_runs_commands"]
+__all__ = ["add_runs_commands", "find_run"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-DB_ENV = "THREADFLOW_DB"
 #: How often ``runs logs --follow`` looks for new events.
 FOLLOW_INTERVAL = 0.05
+#: How many candidates an ambiguous run id prefix lists.
+CANDIDATES_SHOWN = 3
+
+_RUN_ID_HELP = "a run id, or a prefix of exactly one run's id"
 
 
-def add_runs_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_runs_commands(commands: Commands) -> None:
     """Add ``runs list|status|logs|cancel`` to the ``threadflow`` parser."""
     runs = commands.add_parser(
-        "runs", help="list, inspect, follow and cancel stored runs", description=__doc__.splitlines()[0]
+        "runs",
+        help="list, inspect, follow and cancel stored runs",
+        description="List, inspect, follow and cancel the runs stored in a run history.",
     )
-    sub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND")
-    sub.required = True
-    common = argparse.ArgumentParser(add_help=False)
-    # SUPPRESS: given here it overrides the top-level --db; absent, it leaves that one alone
-    common.add_argument("--db", default=argparse.SUPPRESS, metavar="PATH", help=f"run history (or ${DB_ENV})")
+    add_db_option(runs)
+    sub = runs.add_subparsers(dest="runs_command", metavar="SUBCOMMAND", required=True)
+    common = Parser(add_help=False)
+    add_db_option(common)
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     listing = sub.add_parser("list", parents=[common], help="the most recent runs, newest first")
-    listing.add_argument("--status", choices=[status.value for status in RunStatus])
-    listing.add_argument("--workflow", metavar="W", help="a workflow id or name")
-    listing.add_argument("--limit", type=_positive_int, default=50, metavar="N", help="at most N runs (default 50)")
+    listing.add_argument("--status", choices=[status.value for status in RunStatus], help="only runs in this state")
+    listing.add_argument("--workflow", type=text, metavar="W", help="only runs of this workflow (an id or a name)")
+    listing.add_argument("--limit", type=positive_int, default=50, metavar="N", help="at most N runs (default 50)")
     listing.set_defaults(handler=_command(_list))
 
     status = sub.add_parser("status", parents=[common], help="one run's record")
-    status.add_argument("run_id", metavar="RUN_ID")
+    status.add_argument("run_id", type=text, metavar="RUN_ID", help=_RUN_ID_HELP)
     status.set_defaults(handler=_command(_status))
 
     logs = sub.add_parser("logs", parents=[common], help="one run's events")
-    logs.add_argument("run_id", metavar="RUN_ID")
+    logs.add_argument("run_id", type=text, metavar="RUN_ID", help=_RUN_ID_HELP)
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new events until the run ends")
     logs.set_defaults(handler=_command(_logs))
 
     cancel = sub.add_parser("cancel", parents=[common], help="cancel a run, from any process")
-    cancel.add_argument("run_id", metavar="RUN_ID")
-    cancel.add_argument("--reason", help="recorded with the cancellation")
+    cancel.add_argument("run_id", type=text, metavar="RUN_ID", help=_RUN_ID_HELP)
+    cancel.add_argument("--reason", type=text, help="recorded with the cancellation")
     cancel.add_argument(
-        "--timeout", type=_positive_float, default=5.0, metavar="SECONDS", help="wait this long for the owner"
+        "--timeout",
+        type=positive_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="wait this long for the owning process to answer (default 5)",
     )
     cancel.set_defaults(handler=_command(_cancel))
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
-    return value
-
-
-class _Failed(Exception):
-    """A one-line error for stderr, and the exit code."""
-
-    def __init__(self, message: str, code: int = EXIT_FAILED) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-Handler = Callable[[SqliteStore, argparse.Namespace, TextIO], int]
+Handler = Callable[[RunStore, argparse.Namespace, TextIO], int]
 
 
 def _command(handler: Handler) -> Callable[[argparse.Namespace], int]:
-    """Open the store for ``handler``; turn every expected failure into one line on stderr and an exit code."""
+    """``handler`` with the history open (read-only: never created) and closed after."""
 
-    @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        name = f"threadflow runs {args.runs_command}"
-        for text in ("run_id", "reason", "workflow"):
-            if isinstance(value := getattr(args, text, None), str):
-                setattr(args, text, clean_text(value))
+        db = db_from(args)
+        if not db:
+            raise CommandError("no run history given: pass --db PATH or set THREADFLOW_DB", EXIT_USAGE)
+        args.db = db
+        store = open_store(db, create=False)
         try:
-            with _open_store(args) as store:
-                return handler(store, args, sys.stdout)
-        except _Failed as failure:
-            print(f"{name}: {failure}", file=sys.stderr)
-            return failure.code
-        except StoreError as error:
-            print(f"{name}: {error}", file=sys.stderr)
-            return EXIT_FAILED
-        except KeyboardInterrupt:
-            return EXIT_INTERRUPTED
-        except BrokenPipeError:  # e.g. `threadflow runs logs ID | head`
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return EXIT_OK
+            return handler(store, args, sys.stdout)
+        finally:
+            store.close()
 
     return run
 
 
-@contextlib.contextmanager
-def _open_store(args: argparse.Namespace) -> Iterator[SqliteStore]:
-    path = getattr(args, "db", None) or os.environ.get(DB_ENV)
-    if not path:
-        raise _Failed(f"no run history given: pass --db PATH or set {DB_ENV}", EXIT_USAGE)
-    store = SqliteStore(path, create=False)
-    try:
-        yield store
-    finally:
-        store.close()
+def find_run(store: RunStore, given: str, *, where: str = "the run history") -> RunInfo:
+    """The run ``given`` names: the run with that exact id, else the only run whose id starts with it.
 
-
-def _find(store: SqliteStore, run_id: str) -> RunInfo:
-    info = store.get_run(run_id)
+    Raises ``CommandError`` (exit 1) when no run matches, or when several do
+    (listing a few). Prefixes need the store's ``run_ids_with_prefix``; with a
+    store that lacks it, only exact ids are found.
+    """
+    info = store.get_run(given)
+    if info is not None:
+        return info
+    matches = _ids_with_prefix(store, given)
+    if len(matches) > 1:
+        shown = ", ".join(matches[:CANDIDATES_SHOWN]) + (", ..." if len(matches) > CANDIDATES_SHOWN else "")
+        raise CommandError(f"run id prefix {given!r} is ambiguous: it matches {shown}; give more of the id")
+    info = store.get_run(matches[0]) if matches else None
     if info is None:
-        raise _Failed(f"no run {run_id!r} in {store.path}")
+        raise CommandError(f"no run {given!r} in {where}")
     return info
+
+
+def _ids_with_prefix(store: RunStore, prefix: str) -> list[str]:
+    finder: Callable[..., Sequence[str]] | None = getattr(store, "run_ids_with_prefix", None)
+    if finder is None or not prefix:  # a store without prefix lookup finds exact ids only
+        return []
+    return list(finder(prefix, limit=CANDIDATES_SHOWN + 1))
+
+
+def _accepts(method: Callable[..., Any], keyword: str) -> bool:
+    """Whether a store's ``method`` takes the optional ``keyword`` (SqliteStore's extensions to RunStore)."""
+    return keyword in inspect.signature(method).parameters
 
 
 # -- runs list ------------------------------------------------------------------
 
 
-def _list(store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
+def _list(store: RunStore, args: argparse.Namespace, out: TextIO) -> int:
     status = RunStatus(args.status) if args.status else None
-    runs = store.list_runs(status=status, workflow=args.workflow, limit=args.limit)
+    lister: Callable[..., Sequence[RunInfo]] = store.list_runs
+    workflow = "workflow" if _accepts(lister, "workflow") else "workflow_id"  # an id or a name, where the store can
+    runs = lister(status=status, limit=args.limit, **{workflow: args.workflow})
     if args.json:
         print(json.dumps([info.model_dump(mode="json") for info in runs], indent=2), file=out)
     elif not runs:
@@ -230,12 +219,12 @@ def _shorten(text: str, width: int) -> str:
 # -- runs status ------------------------------------------------------------------
 
 
-def _status(store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
-    info = _find(store, args.run_id)
+def _status(store: RunStore, args: argparse.Namespace, out: TextIO) -> int:
+    info = find_run(store, args.run_id, where=args.db)
     if args.json:
         print(json.dumps(info.model_dump(mode="json"), indent=2), file=out)
         return EXIT_OK
-    owner = store.owner(info.run_id)
+    owner = _owner(store, info.run_id)
     fields = {
         "run id": info.run_id,
         "workflow": f"{info.workflow_name} ({info.workflow_id})",
@@ -258,11 +247,11 @@ def _status(store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
 # -- runs logs ----------------------------------------------------------------------
 
 
-def _logs(store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
-    info = _find(store, args.run_id)
+def _logs(store: RunStore, args: argparse.Namespace, out: TextIO) -> int:
+    info = find_run(store, args.run_id, where=args.db)
     last = 0
     while True:
-        for event in store.events(args.run_id, after_seq=last):
+        for event in store.events(info.run_id, after_seq=last):
             _print_event(event, args.json, out)
             last = event.seq
             if event.terminal:
@@ -271,7 +260,7 @@ def _logs(store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
             return EXIT_OK  # a terminal record is written with its terminal event: nothing more will come
         out.flush()
         time.sleep(FOLLOW_INTERVAL)
-        info = _find(store, args.run_id)  # notices (and records) an owner that has died
+        info = find_run(store, info.run_id, where=args.db)  # notices (and records) an owner that has died
 
 
 def _print_event(event: BaseEvent, as_json: bool, out: TextIO) -> None:
@@ -313,22 +302,31 @@ def _content_text(content: Any) -> str:
 # -- runs cancel ----------------------------------------------------------------------
 
 
-def _cancel(store: SqliteStore, args: argparse.Namespace, out: TextIO) -> int:
-    info = _find(store, args.run_id)
-    accepted = (
-        False if info.status.is_terminal else store.request_cancel(args.run_id, args.reason, timeout=args.timeout)
-    )
-    after = store.get_run(args.run_id) or info
+def _cancel(store: RunStore, args: argparse.Namespace, out: TextIO) -> int:
+    info = find_run(store, args.run_id, where=args.db)
+    run_id = info.run_id
+    accepted = False if info.status.is_terminal else _request_cancel(store, run_id, args.reason, args.timeout)
+    after = store.get_run(run_id) or info
     if args.json:
-        print(json.dumps({"run_id": args.run_id, "cancelled": accepted, "status": after.status.value}), file=out)
+        print(json.dumps({"run_id": run_id, "cancelled": accepted, "status": after.status.value}), file=out)
     if accepted:
         if not args.json:
-            print(f"cancelling run {args.run_id}" + (f" ({args.reason})" if args.reason else ""), file=out)
+            print(f"cancelling run {run_id}" + (f" ({args.reason})" if args.reason else ""), file=out)
         return EXIT_OK
     if after.status.is_terminal:
-        message = f"run {args.run_id} is not cancellable: it has ended ({after.status.value})"
-    else:
-        owner = store.owner(args.run_id)
-        where = f"pid {owner.pid} on {owner.host}" if owner else "its owner"
-        message = f"no answer from the process running {args.run_id} ({where}) within {args.timeout:g}s"
-    raise _Failed(message)
+        raise CommandError(f"run {run_id} is not cancellable: it has ended ({after.status.value})")
+    owner = _owner(store, run_id)
+    where = f"pid {owner.pid} on {owner.host}" if owner else "its owner"
+    raise CommandError(f"no answer from the process running {run_id} ({where}) within {args.timeout:g}s")
+
+
+def _request_cancel(store: RunStore, run_id: str, reason: str | None, timeout: float) -> bool:
+    request: Callable[..., bool | None] = store.request_cancel
+    options = {"timeout": timeout} if _accepts(request, "timeout") else {}
+    return bool(request(run_id, reason, **options))
+
+
+def _owner(store: RunStore, run_id: str) -> Any:
+    """The process that runs ``run_id`` (``.pid``, ``.host``), where the store knows it; else None."""
+    owner: Callable[[str], Any] | None = getattr(store, "owner", None)
+    return owner(run_id) if owner is not None else None

@@ -44,11 +44,12 @@ import sys
 import threading
 from array import array
 from collections.abc import Iterator
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from ..events import BaseEvent, Event, RunContentEvent, StepStartedEvent, WorkflowStartedEvent, parse_event
+from ...events import BaseEvent, Event, RunContentEvent, StepStartedEvent, WorkflowStartedEvent, parse_event
+from .._text import clean_text
 
-__all__ = ["Chunk", "Lines", "RunBuffer", "Tokens", "clean_text", "decode_chunk", "dump_event"]
+__all__ = ["Chunk", "Lines", "RunBuffer", "Taken", "Tokens", "decode_chunk", "dump_event"]
 
 logger = logging.getLogger("threadflow")
 
@@ -113,12 +114,26 @@ class RunBuffer:
     lock-free: see ``Tokens``); every other event goes through ``add_line``.
     """
 
-    __slots__ = ("key", "lock", "retry", "sealed", "started_at", "step_name", "tokens")
+    __slots__ = (
+        "events_lost",
+        "key",
+        "lock",
+        "retry",
+        "retry_events",
+        "run_id",
+        "sealed",
+        "started_at",
+        "step_name",
+        "tokens",
+    )
 
-    def __init__(self) -> None:
+    def __init__(self, run_id: str = "") -> None:
+        self.run_id = run_id
         self.key = -1  # the run's rowid in ``runs``, once its record is written
         self.lock = threading.Lock()  # guards retry, sealed, tokens (the reference), started_at, step_name
         self.retry: list[Chunk] = []  # rows taken by a write that failed: the first to be written next
+        self.retry_events = 0  # how many events those rows hold
+        self.events_lost = 0  # events dropped because writes kept failing (then none of its later ones are kept)
         self.sealed: list[Lines | Tokens] = []
         self.tokens: Tokens | None = None
         self.started_at: float | None = None
@@ -132,6 +147,8 @@ class RunBuffer:
 
     def add_line(self, event: BaseEvent) -> None:
         """Buffer an event other than ``run_content``; it ends the open stretch of tokens."""
+        if self.events_lost:
+            return  # no longer recorded
         line = dump_event(event)
         with self.lock:
             if self.tokens is not None:
@@ -155,7 +172,7 @@ class RunBuffer:
         The caller owns them until they are committed: ``put_back`` if the write fails.
         """
         with self.lock:
-            rows, self.retry = self.retry, []
+            rows, self.retry, self.retry_events = self.retry, [], 0
             stretches, self.sealed = self.sealed, []
             if self.tokens is not None:
                 stretches.append(self.tokens)  # left open: the run keeps appending to it
@@ -165,16 +182,65 @@ class RunBuffer:
             row = stretch.chunk(self.key)
             if row is not None:
                 rows.append(row)
+        if self.events_lost:
+            rows = []  # what the run still emits is not recorded: only its progress and its end
         return rows, *progress
 
-    def put_back(self, rows: list[Chunk], started_at: float | None, step_name: str | None) -> None:
-        """Return what ``take`` gave (a write failed): written first by the next batch; newer progress wins."""
+    def put_back(self, rows: list[Chunk], started_at: float | None, step_name: str | None, *, bound: int) -> None:
+        """Return what ``take`` gave (a write failed): written first by the next batch; newer progress wins.
+
+        If that makes more than ``bound`` unwritten events, they are dropped
+        instead, and the run is no longer recorded (``events_lost``): memory
+        stays bounded however long the writes fail.
+        """
+        count = sum(last - first + 1 for _, first, last, *_ in rows)
         with self.lock:
-            self.retry[:0] = rows
             if self.started_at is None:
                 self.started_at = started_at
             if self.step_name is None:
                 self.step_name = step_name
+            if self.events_lost or self.retry_events + count > bound:
+                self._drop(count)
+                return
+            self.retry[:0] = rows
+            self.retry_events += count
+
+    def _drop(self, count: int) -> None:
+        """Stop recording this run's events (with ``lock`` held): what is buffered goes, and so will the rest."""
+        lost = count + self.retry_events + sum(_size(stretch) for stretch in self.sealed)
+        if not self.events_lost:
+            logger.error(
+                "threadflow: run %s: its events cannot be written and exceed the store's buffer: %d dropped, and "
+                "its later events are not recorded (its end still is, once the store can take it)",
+                self.run_id,
+                lost,
+            )
+        self.events_lost += lost
+        self.retry, self.retry_events, self.sealed = [], 0, []
+        self.tokens = None
+
+    def buffered_events(self) -> int:
+        """Events taken in and not yet written (or dropped)."""
+        with self.lock:
+            tokens = 0 if self.tokens is None else len(self.tokens.contents)
+            return self.retry_events + sum(_size(stretch) for stretch in self.sealed) + tokens
+
+
+def _size(stretch: Lines | Tokens) -> int:
+    return len(stretch.lines) if isinstance(stretch, Lines) else len(stretch.contents)
+
+
+class Taken(NamedTuple):
+    """What one run's buffer held: its rows and progress, owned by the batch until it commits."""
+
+    buffer: RunBuffer
+    rows: list[Chunk]
+    started_at: float | None
+    step_name: str | None
+
+    @property
+    def quiet(self) -> bool:
+        return not self.rows and self.started_at is None and self.step_name is None
 
 
 def dump_event(event: BaseEvent) -> str | None:
@@ -199,15 +265,6 @@ def _dump(event: BaseEvent, exclude: set[str] | None = None) -> str:
         if name == "content" or isinstance(value, str)
     }
     return event.model_copy(update=fields).model_dump_json(fallback=_as_text, exclude=exclude)
-
-
-def clean_text(text: str) -> str:
-    """``text`` with each lone surrogate, which UTF-8 (and so SQLite) cannot hold, replaced by ``?``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "replace").decode("utf-8")
-    return text
 
 
 def _as_text(value: Any) -> str:

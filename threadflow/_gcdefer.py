@@ -1,4 +1,4 @@
-"""Finishing runs abandoned inside a garbage collection, outside of it.
+"""Deferring the finalisation of runs abandoned inside a garbage collection to a safe point.
 
 A ``RunStream`` caught in a reference cycle is finalised by the cyclic
 collector, which runs at an arbitrary allocation in an arbitrary thread —
@@ -19,6 +19,7 @@ import atexit
 import gc
 import logging
 import queue
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -27,20 +28,23 @@ __all__ = ["drain", "finish_soon"]
 logger = logging.getLogger("threadflow")
 
 _pending: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
-_collecting = False
+# The thread running a garbage collection now, if any. Only finalisers called
+# *by* that collection run at an arbitrary point; another thread that ends a
+# run meanwhile (a plain ``break``) is at a known point and finishes at once.
+_collecting_thread: int | None = None
 
 
 def _track_collections(phase: str, info: dict[str, Any]) -> None:
-    global _collecting
-    _collecting = phase == "start"
+    global _collecting_thread
+    _collecting_thread = threading.get_ident() if phase == "start" else None
 
 
 gc.callbacks.append(_track_collections)
 
 
 def finish_soon(finish: Callable[[], object]) -> None:
-    """Run ``finish()`` now, or — inside a garbage collection — at the next safe point."""
-    if _collecting:
+    """Run ``finish()`` now, or — inside a garbage collection in this thread — at the next safe point."""
+    if _collecting_thread == threading.get_ident():
         _pending.put(finish)
     else:
         finish()

@@ -13,23 +13,24 @@ the cancelling thread.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ._reaper import drain
-from .events import CancelCause, RunInfo, RunStatus, make_event
+from ._fastevents import make_event
+from ._gcdefer import drain
+from ._validate import check_reason
 from .exceptions import DuplicateRunError
+from .status import ACTIVE_STATUSES, CancelCause, RunInfo, RunStatus
 
 if TYPE_CHECKING:
     from .storage.base import RunStore
 
-__all__ = ["REGISTRY", "Registry", "RunState", "check_reason"]
+__all__ = ["LOCAL_RUNS", "REGISTRY", "Registry", "RunState", "new_run_id"]
 
 logger = logging.getLogger("threadflow")
-
-_ACTIVE = (RunStatus.pending, RunStatus.running, RunStatus.waiting, RunStatus.cancelling)
 
 
 class RunState:
@@ -94,8 +95,8 @@ class RunState:
         self._cancel_event: threading.Event | None = None  # made on first use: most runs never wait
         self.shield_depth = 0
         self.callbacks: list[Callable[[], object]] | None = []
-        # (set when they have run, the thread running them) while a cancel runs the callbacks
-        self.callbacks_running: tuple[threading.Event, int] | None = None
+        # [set when they have run, the thread running them] while a cancel runs the callbacks
+        self.callbacks_running: list[Any] | None = None
         self.background = background
         # run_timeout bookkeeping, owned by threadflow._timer
         self.timeout = timeout
@@ -121,7 +122,13 @@ class RunState:
         """True when a checkpoint here must raise: cancel requested and not shielded."""
         return self.cancel_requested and not self.shield_depth
 
+    @property
+    def effective_cause(self) -> CancelCause:
+        """The cause to report for a cancelled run (``requested`` when none was recorded)."""
+        return self.cause or CancelCause.requested
+
     def info(self) -> RunInfo:
+        """A snapshot of the run's record."""
         return make_event(
             RunInfo,
             {
@@ -189,7 +196,7 @@ class Registry:
     def set_status(self, state: RunState, status: RunStatus) -> None:
         """Move between pending, running and waiting; a cancelling run stays cancelling."""
         with self.lock:
-            if state.status in _ACTIVE and state.status is not RunStatus.cancelling:
+            if state.status in ACTIVE_STATUSES and state.status is not RunStatus.cancelling:
                 state.status = status
 
     def request_cancel(
@@ -212,19 +219,25 @@ class Registry:
             return False
         return self.cancel(state, reason, cause)
 
-    def cancel(self, state: RunState, reason: str | None, cause: CancelCause) -> bool:
+    def cancel(
+        self, state: RunState, reason: str | None, cause: CancelCause, *, callbacks_elsewhere: bool = False
+    ) -> bool:
         """Accept a cancel of ``state`` if it is active; True iff accepted (now or before).
 
         The first request runs the ``on_cancel`` callbacks; a concurrent later
-        one returns only after they have run, as rule 1 promises both.
+        one returns only after they have run, as rule 1 promises both. A
+        thread shared by every run (the timer, a store's watcher) passes
+        ``callbacks_elsewhere=True``: the cancel is accepted at once and the
+        callbacks run on a thread of their own, so a slow one delays only its
+        own run.
         """
         me = threading.get_ident()
         with self.lock:
-            if state.status not in _ACTIVE:
+            if state.status not in ACTIVE_STATUSES:
                 return False
             if state.cancel_requested:
                 running = state.callbacks_running
-                if running is None or running[1] == me:
+                if running is None or running[1] == me or callbacks_elsewhere:
                     return True
             else:
                 state.cancel_requested = True
@@ -235,19 +248,19 @@ class Registry:
                 if state._cancel_event is not None:
                     state._cancel_event.set()
                 if callbacks:
-                    state.callbacks_running = (threading.Event(), me)
+                    # The thread that runs the callbacks is named once it runs them (see _run_callbacks).
+                    state.callbacks_running = [threading.Event(), None if callbacks_elsewhere else me]
                 running = None
         if running is not None:  # another thread is running the callbacks
             running[0].wait()
             return True
         if callbacks:
-            try:
-                _call_all(callbacks)
-            finally:
-                done = state.callbacks_running
-                state.callbacks_running = None
-                if done is not None:
-                    done[0].set()
+            if callbacks_elsewhere:
+                threading.Thread(
+                    target=_run_callbacks_detached, args=(state, callbacks), name="threadflow-on-cancel", daemon=True
+                ).start()
+            else:
+                _run_callbacks(state, callbacks)
         return True
 
     def add_callback(self, state: RunState, callback: Callable[[], object]) -> None:
@@ -277,7 +290,7 @@ class Registry:
         in the table (answering ``False`` to cancels) until ``remove``.
         """
         with self.lock:
-            if state.status not in _ACTIVE:
+            if state.status not in ACTIVE_STATUSES:
                 return state.status
             final = RunStatus.cancelled if state.cancel_requested else wanted
             state.status = final
@@ -286,9 +299,34 @@ class Registry:
             return final
 
 
-def check_reason(reason: object) -> None:
-    if reason is not None and not isinstance(reason, str):
-        raise TypeError(f"reason must be a str or None, not {type(reason).__name__}")
+def new_run_id() -> str:
+    """A random (version 4) UUID string, made without the uuid module's object overhead."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _run_callbacks(state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:
+    """Run a cancel's callbacks in this thread, then release the cancels waiting for them."""
+    running = state.callbacks_running
+    if running is not None:
+        running[1] = threading.get_ident()  # a callback that cancels its own run must not wait on itself
+    try:
+        _call_all(callbacks)
+    finally:
+        state.callbacks_running = None
+        if running is not None:
+            running[0].set()
+
+
+def _run_callbacks_detached(state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:
+    """``_run_callbacks`` on a thread of its own: nobody is there to receive an interrupt."""
+    try:
+        _run_callbacks(state, callbacks)
+    except BaseException:  # noqa: BLE001 — already logged by _call_all; this thread just ends
+        pass
 
 
 def _call_all(callbacks: Sequence[Callable[[], object]]) -> None:
@@ -311,3 +349,26 @@ def _call_all(callbacks: Sequence[Callable[[], object]]) -> None:
 
 
 REGISTRY = Registry()
+
+
+class _LocalRuns:
+    """The ``storage.base.LocalRuns`` the core lends a store: this process's active runs, by id.
+
+    ``cancel`` is the one implementation of ``threadflow.cancel_run``.
+    """
+
+    __slots__ = ()
+
+    def cancel(self, run_id: str, reason: str | None = None) -> bool:
+        check_reason(reason)
+        if not isinstance(run_id, str):
+            return False
+        drain()
+        return REGISTRY.request_cancel(run_id, reason, CancelCause.requested)
+
+    def info(self, run_id: str) -> RunInfo | None:
+        state = REGISTRY.get(run_id) if isinstance(run_id, str) else None
+        return state.info() if state is not None else None
+
+
+LOCAL_RUNS = _LocalRuns()

@@ -1,0 +1,62 @@
+"""Where a run is: ``RunStatus``, why it was cancelled: ``CancelCause``, and its record: ``RunInfo``.
+
+"Terminal" is spelled once: ``RunStatus.is_terminal`` (the statuses a run
+ends in); ``ACTIVE_STATUSES`` are the others.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["ACTIVE_STATUSES", "CancelCause", "RunInfo", "RunStatus"]
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run is in its lifecycle (SPEC §2). The last three are terminal."""
+
+    pending = "pending"
+    running = "running"
+    waiting = "waiting"
+    cancelling = "cancelling"
+    completed = "completed"
+    cancelled = "cancelled"
+    error = "error"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for ``completed``, ``cancelled`` and ``error``: the run has ended."""
+        return self not in ACTIVE_STATUSES
+
+
+#: The statuses of a run that has not ended.
+ACTIVE_STATUSES = frozenset({RunStatus.pending, RunStatus.running, RunStatus.waiting, RunStatus.cancelling})
+
+
+class CancelCause(enum.StrEnum):
+    """Why a run was cancelled."""
+
+    requested = "requested"  # cancel_run(), RunHandle.cancel(), the CLI, HTTP
+    timeout = "timeout"  # run_timeout elapsed
+    stream_closed = "stream_closed"  # the consumer left the stream
+    shutdown = "shutdown"  # threadflow.shutdown() or interpreter exit
+
+
+class RunInfo(BaseModel):
+    """A snapshot of one run's record: what ``get_run()`` and the stores answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    workflow_id: str
+    workflow_name: str
+    status: RunStatus
+    cause: CancelCause | None = None
+    reason: str | None = None
+    step_name: str | None = None
+    error: str | None = None
+    error_type: str | None = None
+    created_at: float
+    started_at: float | None = None
+    ended_at: float | None = None

@@ -1,0 +1,318 @@
+"""``SqliteStore``: the store's API; its machinery is in the modules beside it."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ...events import BaseEvent, Event, RunContentEvent
+from ...status import RunInfo, RunStatus
+from .._text import clean_text
+from ..base import LocalRuns
+from ..errors import StoreError
+from ._connection import SharedConnection
+from ._layout import RunBuffer, decode_chunk
+from ._liveness import RunOwner, dead_owner_keys
+from ._nudges import Nudge
+from ._remote_cancel import WATCHER, Answers, request_cancel
+from ._rows import SELECT_NEWEST, SELECT_RUNS, end_run, info_of, insert_run, record_abandoned
+from ._schema import ACTIVE, ACTIVE_SQL, OWNER_COLUMNS
+from ._writer import Op, WriteQueue
+
+__all__ = ["SqliteStore"]
+
+logger = logging.getLogger("threadflow")
+
+
+class SqliteStore:
+    """Run records, full event logs and cross-process cancels in the SQLite file ``path``.
+
+    ``create=False`` opens an existing history only (``StoreError`` if there is
+    none) — what read-only tools want. ``readonly=True`` never writes to the
+    file (reads work on a read-only file system; starting a run or asking for
+    a cancel raises ``StoreError``); an existing history that cannot be
+    written is opened read-only by itself. The file is opened and checked at
+    once, so a bad path fails here. Safe to share between threads; any number
+    of processes may open the same file. ``close()`` (or ``with``) flushes and
+    releases it; nothing touches the file after that unless the store is used
+    again, which opens it again. A store that is dropped without ``close()``
+    releases its thread and connections by itself.
+    """
+
+    records_events = True
+    #: Seconds between commits of buffered events while runs stream.
+    flush_interval: float = 0.02
+    #: Seconds without anything to write after which the writer thread exits (the next write starts another).
+    writer_idle_timeout: float = 1.0
+    #: Tries at writing a run's start when the file is busy or locked, before ``StoreError``; and at its end
+    #: before the end is kept to be written later (see ``last_error``).
+    write_attempts: int = 3
+    #: Seconds between the cancel watcher's looks for requests from other processes...
+    watch_interval: float = 0.002
+    #: ...and where requesters wake it at once (Linux: see ``_nudges.py``), the fallback poll.
+    nudged_watch_interval: float = 0.05
+    #: Events a run may hold in memory unwritten: a run that outruns the disk waits for the writer; one whose
+    #: writes keep failing past this many stops being recorded (its end still is).
+    max_buffered_events: int = 100_000
+    _WAKE_AT = 8192
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, create: bool = True, timeout: float = 10.0, readonly: bool = False
+    ) -> None:
+        self.path = Path(os.fspath(path))
+        self._timeout = timeout
+        self._shared = SharedConnection(self.path, create=create and not readonly, timeout=timeout, readonly=readonly)
+        self._writes = WriteQueue(self, self.path, timeout)
+        self._buffers = self._writes.buffers  # read by append() on the hot path
+        self._answers = Answers()
+        self._local_runs: LocalRuns | None = None
+        # Dropped without close(): wake the writer (it sees the store gone and exits), close the connection.
+        finalizer = weakref.finalize(self, _release, self._writes.wake, self._shared)
+        finalizer.atexit = False  # at exit, daemon threads may still be using them
+        self._shared.open()
+
+    def __repr__(self) -> str:
+        return f"SqliteStore({str(self.path)!r})"
+
+    def __enter__(self) -> SqliteStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def readonly(self) -> bool:
+        """Whether the file is opened read-only (asked for, or found unwritable)."""
+        return self._shared.readonly
+
+    @property
+    def last_error(self) -> StoreError | None:
+        """Why the latest write failed, while writes are failing; None once one succeeds."""
+        return self._writes.last_error
+
+    def bind_local_runs(self, runs: LocalRuns) -> None:
+        """Lend the store this process's runs, to cancel them as other processes ask (the core calls it)."""
+        self._local_runs = runs
+
+    # -- the runner's side ----------------------------------------------------
+
+    def run_created(self, info: RunInfo) -> None:
+        """Write the new run's record (this process as its owner) before it can emit anything.
+
+        ``DuplicateRunError`` if the id belongs to a run still active in
+        another live process; ``StoreError`` if it cannot be written.
+        """
+        if self.readonly:
+            raise StoreError(f"{self.path}: the run history is opened read-only")
+        buffer = RunBuffer(info.run_id)
+        with self._writes.lock:  # registered first: the writer flushes on a timer while runs are active
+            self._buffers[info.run_id] = buffer
+        try:
+            inbox = WATCHER.watch(self)  # before the record, which names the watcher's inbox
+            insert = functools.partial(insert_run, info=info, inbox=inbox)
+            self._writes.submit(Op(insert, buffer, drain=False, creates=True), attempts=self.write_attempts)
+        except BaseException:
+            self._writes.forget(info.run_id, buffer)
+            raise
+
+    def append(self, event: BaseEvent) -> None:
+        """Buffer one event of an active run for the writer thread; never touches the disk."""
+        buffer = self._buffers.get(event.run_id)
+        if buffer is None:
+            return
+        if type(event) is RunContentEvent:  # inlined: this is most of the events of a stream
+            tokens = buffer.tokens or buffer.open_tokens(event)
+            tokens.times.append(event.created_at)
+            contents = tokens.contents
+            contents.append(event.content)
+            if len(contents) >= self._WAKE_AT:
+                self._writes.backpressure(buffer, tokens)
+        else:
+            buffer.add_line(event)
+
+    def run_ended(self, info: RunInfo) -> None:
+        """Write the final record; on return it and every event before it are committed.
+
+        Unless the store cannot take it (``write_attempts`` tries on a locked
+        or full file): the run's outcome is not the store's to change, so the
+        end is then kept and written once the store can take it again, this
+        process's reads answer with it meanwhile, ``last_error`` says why, and
+        ``flush()`` raises ``StoreError`` until it is written.
+        """
+        buffer = self._buffers.get(info.run_id) or RunBuffer(info.run_id)
+        end = functools.partial(end_run, info=info)
+        try:
+            self._writes.submit(Op(end, buffer, drain=True), attempts=self.write_attempts)
+        except StoreError:
+            self._writes.owe(info.run_id, end, buffer, info)
+        finally:
+            self._writes.forget(info.run_id, buffer)
+            self._answers.wait(info.run_id, self._timeout)
+
+    def flush(self) -> None:
+        """Return once every event appended so far, and every end owed, is committed (``StoreError`` if not)."""
+        if self._writes.has_work():
+            self._writes.submit(Op(None, None, drain=False))
+            if self._writes.owed:
+                raise self.last_error or StoreError(f"{self.path}: runs' ends are still to be written")
+
+    def close(self) -> None:
+        """Flush, stop the writer thread and close the connections: the file is not touched after. Idempotent.
+
+        ``StoreError`` if something could not be written (a run's end left
+        unwritten is then recorded as abandoned by a reader once this process
+        has exited).
+        """
+        WATCHER.forget(self)
+        try:
+            self.flush()
+        except StoreError:
+            for run_id in self._writes.owed:
+                logger.error("threadflow: %s: closed before the end of run %s could be recorded", self.path, run_id)
+            raise
+        finally:
+            self._writes.stop()
+            self._shared.close()
+
+    def buffered_events(self) -> int:
+        """Events this process's runs have handed the store that are not yet written (nor dropped)."""
+        with self._writes.lock:
+            buffers = [*self._buffers.values(), *(end.buffer for end in self._writes.owed.values())]
+        return sum(buffer.buffered_events() for buffer in buffers)
+
+    # -- reading --------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunInfo | None:
+        """The run's latest record (the newest run with this id), or None; an owner that died is recorded first."""
+        if not isinstance(run_id, str):
+            return None
+        run_id = clean_text(run_id)
+        owed = self._writes.owed_info(run_id)
+        if owed is not None:
+            return owed  # ended here, not written yet: never shown as still running
+        rows = self._shared.read(SELECT_NEWEST, (run_id,))
+        if not rows:
+            return None
+        if rows[0][3] in ACTIVE and self._record_abandoned([run_id]):
+            rows = self._shared.read(SELECT_NEWEST, (run_id,))
+        return info_of(rows[0])
+
+    def list_runs(
+        self,
+        *,
+        status: RunStatus | None = None,
+        workflow_id: str | None = None,
+        limit: int | None = None,
+        workflow: str | None = None,
+    ) -> Sequence[RunInfo]:
+        """Records, newest first, filtered by status and workflow; ``workflow`` matches an id or a name."""
+        _check_limit(limit, none_ok=True)
+        self._record_abandoned(None)
+        where, params = [], []
+        if status is not None:
+            where.append("status = ?")
+            params.append(RunStatus(status).value)
+        if workflow_id is not None:
+            where.append("workflow_id = ?")
+            params.append(clean_text(workflow_id))
+        if workflow is not None:
+            where.append("(workflow_id = ? OR workflow_name = ?)")
+            params += [clean_text(workflow)] * 2
+        sql = SELECT_RUNS + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY created_at DESC, run_key DESC LIMIT ?"
+        infos = [info_of(row) for row in self._shared.read(sql, [*params, -1 if limit is None else limit])]
+        return [self._writes.owed_info(info.run_id) or info for info in infos]
+
+    def run_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
+        """Up to ``limit`` distinct run ids that start with ``prefix``, newest first (as git takes a short hash)."""
+        _check_limit(limit, none_ok=False)
+        prefix = clean_text(prefix)
+        rows = self._shared.read(
+            "SELECT run_id FROM runs WHERE run_id >= ? AND substr(run_id, 1, ?) = ?"
+            " GROUP BY run_id ORDER BY MAX(created_at) DESC, MAX(run_key) DESC LIMIT ?",
+            (prefix, len(prefix), prefix, limit),
+        )
+        return [run_id for (run_id,) in rows]
+
+    def events(self, run_id: str, after_seq: int = 0) -> Sequence[Event]:
+        """The committed events with ``seq > after_seq`` of the newest run with this id, in order.
+
+        Events still buffered by this process's writer are not included: ``flush()`` first for those.
+        """
+        rows = self._shared.read(
+            "SELECT first_seq, data, header, times FROM events"
+            " WHERE run_key = (SELECT MAX(run_key) FROM runs WHERE run_id = ?) AND last_seq > ? ORDER BY first_seq",
+            (clean_text(run_id), after_seq),
+        )
+        return [event for row in rows for event in decode_chunk(*row) if event.seq > after_seq]
+
+    def owner(self, run_id: str) -> RunOwner | None:
+        """The process that created the newest run with this id, or None for an unknown run."""
+        rows = self._shared.read(
+            f"SELECT {OWNER_COLUMNS} FROM runs WHERE run_id = ? ORDER BY run_key DESC LIMIT 1", (clean_text(run_id),)
+        )
+        return RunOwner(*rows[0]) if rows else None
+
+    def _record_abandoned(self, run_ids: list[str] | None) -> bool:
+        """Record as ended the unfinished runs (of ``run_ids``, or all) whose owner is gone; True if any.
+
+        A read-only store judges nobody: it cannot write what it would find.
+        """
+        if self.readonly:
+            return False
+        sql = f"SELECT run_key, {OWNER_COLUMNS} FROM runs WHERE status IN ({ACTIVE_SQL})"
+        rows = self._shared.read(sql) if run_ids is None else self._shared.read(sql + " AND run_id = ?", run_ids)
+        dead = dead_owner_keys(rows)
+        for key in dead:
+            self._shared.transact(functools.partial(record_abandoned, key=key))
+        return bool(dead)
+
+    # -- cancel from another process -------------------------------------------
+
+    def request_cancel(self, run_id: str, reason: str | None = None, *, timeout: float = 5.0) -> bool | None:
+        """Ask the process that owns ``run_id`` to cancel it, and wait up to ``timeout`` seconds for its answer.
+
+        ``True``: the owner accepted (the run will end ``cancelled``); ``False``:
+        unknown id, a run that has ended, or an owner that has died (the run
+        is then recorded as abandoned); ``None``: no answer within ``timeout``
+        (an owner on another host that is not watching, or a hung process) —
+        the request is withdrawn, though an owner may have acted on it just
+        before. ``TypeError`` for a non-str reason; ``StoreError`` on a
+        read-only store. A lone surrogate in the reason is sent (and
+        recorded) as ``?``.
+        """
+        return request_cancel(self, run_id, reason, timeout)
+
+    # the cancel watcher's side (``_remote_cancel.py``)
+
+    def _has_active(self) -> bool:
+        return bool(self._buffers)
+
+    def _takes(self, request: Nudge) -> bool:
+        """Whether a nudged request is about an active run of this process in this store."""
+        return request.run_id in self._buffers
+
+    def _answer(self, request: Nudge) -> None:
+        self._answers.answer(self, request)
+
+    def _answer_pending(self) -> None:
+        self._answers.answer_pending(self)
+
+
+def _check_limit(limit: Any, *, none_ok: bool) -> None:
+    if limit is None and none_ok:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a non-negative int{' or None' if none_ok else ''}, not {limit!r}")
+
+
+def _release(wake: threading.Event, shared: SharedConnection) -> None:
+    """A store was collected without ``close()``: its writer exits when woken; close its connection."""
+    wake.set()
+    shared.close_now()
