@@ -25,6 +25,7 @@ FAST_CANCEL_MS = 250.0  # "at once": far below every wait the scripts would othe
 
 TESTED = {
     "async_background.py",
+    "async_steps.py",
     "cancel_run.py",
     "cleanup_and_shield.py",
     "cooperative_checks.py",
@@ -330,3 +331,39 @@ def test_retry_backoff(offline_env: dict[str, str]) -> None:
     assert "call #2" not in cancelled  # no second attempt: the cancel ended the backoff
     (landed,) = numbers(r"Cancel landed ([\d.]+) ms after the request", cancelled)
     assert landed < FAST_CANCEL_MS
+
+
+# -- SPEC §7: async steps ---------------------------------------------------------
+
+
+def test_async_steps(offline_env: dict[str, str]) -> None:
+    out = run_script("async_steps.py", offline_env)
+    streamed, cancelled, shielded = re.split(r"^\d\. ", out, flags=re.MULTILINE)[1:]
+    assert_in_order(
+        streamed,
+        "step_retrying: attempt 1 failed (upstream reset the connection); next attempt in 0.05s",
+        "run_content: '[wiki says hello] '",
+        "run_content: '[news says hello] '",
+        "run_content: '[blog says hello] '",
+        "Status: completed",
+        "Content: [wiki says hello] [news says hello] [blog says hello]",
+    )
+    # Only causal order: the step's thread prints while the main thread cancels.
+    assert_in_order(
+        cancelled,
+        "fetch_forever: connected, awaiting a source that never answers",
+        "fetch_forever: asyncio.CancelledError at the await",
+        "fetch_forever: cleanup ran (connection closed)",
+        "Status: cancelled",
+        "Cause: requested",
+        "Reason: the user closed the tab",
+    )
+    assert "cancel returned True" in cancelled
+    (landed,) = numbers(r"Cancel landed in ([\d.]+) ms", cancelled)
+    assert landed < FAST_CANCEL_MS
+    assert_in_order(
+        shielded,
+        "save_report: report written in full (cancel requested meanwhile: True)",
+        "save_report: the cancel landed at the first await after the shield",
+        "Status: cancelled",
+    )

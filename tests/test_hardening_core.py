@@ -7,6 +7,7 @@ exact point of the race with Events or a line tracer, never with sleeps).
 from __future__ import annotations
 
 import gc
+import linecache
 import sys
 import threading
 import time
@@ -317,3 +318,133 @@ def test_a_step_raising_cancellation_or_generator_exit_on_its_own_is_a_step_erro
     assert caught.value.output.status is RunStatus.error
     assert caught.value.output.cause is None
     assert type(caught.value.__cause__).__name__ == error_type
+
+
+def _interrupt_at_line(targets: set[Any], k: int, call: Any) -> bool:
+    """Call ``call()`` with a KeyboardInterrupt raised at the k-th line executed in ``targets``; True if it hit."""
+    lines = 0
+    hit = False
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal lines, hit
+        # Not at a `with` header: there CPython itself can leave __enter__ done and __exit__ never
+        # called (python/cpython#74174, bpo-29988) — a gap in the language, not in threadflow.
+        if event == "line" and not linecache.getline(frame.f_code.co_filename, frame.f_lineno).lstrip().startswith(
+            "with "
+        ):
+            lines += 1
+            if lines == k:
+                hit = True
+                raise KeyboardInterrupt
+        return local
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Any:
+        return local if frame.f_code in targets else None
+
+    sys.settrace(tracer)
+    try:
+        call()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sys.settrace(None)
+    return hit
+
+
+def _registration_and_ending_code() -> set[Any]:
+    from threadflow._registry import Registry
+    from threadflow._runner import Runner
+    from threadflow.handles import RunStream
+
+    return {
+        Workflow.run.__code__,
+        Workflow._new_runner.__code__,
+        Runner._finish.__code__,
+        Registry.add.__code__,
+        Registry.finish.__code__,
+        Registry.remove.__code__,
+        RunStream.__init__.__code__,
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_an_interrupt_at_any_line_of_registering_or_ending_a_run_leaks_nothing(stream: bool) -> None:
+    """Defect 5: Ctrl+C between registering a run and its try (or deciding its end and recording it) leaked it."""
+    from threadflow._registry import REGISTRY
+
+    targets = _registration_and_ending_code()
+    wf = Workflow("interrupted", steps=[lambda _: 1])
+    for k in range(1, 200):
+
+        def call() -> None:
+            if stream:
+                list(wf.run(stream=True, run_id="the-id"))
+            else:
+                wf.run(run_id="the-id")
+
+        hit = _interrupt_at_line(targets, k, call)
+        gc.collect()
+        assert threadflow.active_runs() == [], f"interrupt at line {k} leaked the run"  # also a safe point
+        assert REGISTRY.get("the-id") is None, f"interrupt at line {k} left a registry entry"
+        assert wf.run(run_id="the-id").status is RunStatus.completed  # the id is free again
+        if not hit:
+            return  # k ran past the last line: every line has been tried
+    raise AssertionError("more lines than expected")
+
+
+def test_ctrl_c_in_a_plain_run_is_recorded_as_a_shutdown_cancel_and_still_raised() -> None:
+    """Defect 18: Ctrl+C during run() in the main thread was recorded as error: KeyboardInterrupt."""
+    cleaned: list[str] = []
+
+    def step(_: object) -> None:
+        try:
+            raise KeyboardInterrupt  # what Ctrl+C does while the step runs
+        finally:
+            cleaned.append("finally")
+
+    wf = Workflow("ctrl c", steps=[step, lambda _: cleaned.append("never")])
+    with pytest.raises(KeyboardInterrupt):
+        wf.run(run_id="ctrl-c")
+    info = threadflow.get_run("ctrl-c")
+    assert info is not None
+    assert (info.status, info.cause) == (RunStatus.cancelled, threadflow.CancelCause.shutdown)
+    assert info.reason == "interrupted (KeyboardInterrupt)"
+    assert cleaned == ["finally"]
+
+
+def test_ctrl_c_between_two_events_of_a_plain_run_is_a_shutdown_cancel() -> None:
+    """Defect 18, second half: Ctrl+C in run()'s own loop, between two events, not inside the step."""
+    import inspect
+
+    cleaned = threading.Event()
+
+    def step(_: object) -> Iterator[str]:
+        try:
+            yield "a"
+            yield "b"
+        finally:
+            cleaned.set()
+
+    source, first = inspect.getsourcelines(Workflow.run)
+    loop_body = first + next(i for i, line in enumerate(source) if line.strip() == "pass")
+    passes = 0
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal passes
+        if event == "line" and frame.f_lineno == loop_body:
+            passes += 1
+            if passes == 4:  # after workflow_started, step_started, run_started, the first chunk
+                raise KeyboardInterrupt
+        return local
+
+    sys.settrace(lambda frame, event, arg: local if frame.f_code is Workflow.run.__code__ else None)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Workflow("ctrl c between", steps=[step]).run(run_id="between")
+    finally:
+        sys.settrace(None)
+    assert passes == 4
+    info = threadflow.get_run("between")
+    assert info is not None
+    assert (info.status, info.cause) == (RunStatus.cancelled, threadflow.CancelCause.shutdown)
+    assert cleaned.is_set()

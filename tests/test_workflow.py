@@ -318,13 +318,22 @@ def test_ctx_wait_rejects_what_is_not_a_threading_event() -> None:
     assert "threading.Event" in str(info.value.__cause__)
 
 
-def test_keyboard_interrupt_in_a_step_propagates_and_the_run_is_recorded() -> None:
-    def interrupted(si: StepInput) -> None:
-        raise KeyboardInterrupt
+def test_keyboard_interrupt_in_a_step_propagates_and_the_run_is_recorded_cancelled() -> None:
+    cleaned: list[str] = []
+
+    def interrupted(si: StepInput) -> Iterator[str]:
+        try:
+            yield "a"
+            raise KeyboardInterrupt  # Ctrl+C lands inside the step
+        finally:
+            cleaned.append("finally")
 
     wf = Workflow("w", steps=[interrupted])
     stream = wf.run(stream=True)
     with pytest.raises(KeyboardInterrupt):
         list(stream)
     info = threadflow.get_run(stream.run_id)
-    assert info is not None and info.status is RunStatus.error and info.error_type == "KeyboardInterrupt"
+    assert info is not None and info.status is RunStatus.cancelled
+    assert info.cause is threadflow.CancelCause.shutdown and info.reason == "interrupted (KeyboardInterrupt)"
+    assert cleaned == ["finally"]
+    assert threadflow.active_runs() == []

@@ -17,6 +17,7 @@ from .exceptions import WorkflowError as WorkflowError
 from .handles import RunHandle as RunHandle
 from .handles import RunStream as RunStream
 from .output import WorkflowRunOutput as WorkflowRunOutput
+from .retry import RetryPolicy as RetryPolicy
 from .status import CancelCause as CancelCause
 from .status import RunInfo as RunInfo
 from .status import RunStatus as RunStatus
@@ -32,6 +33,7 @@ __all__ = [
     "CancellationError",
     "DuplicateRunError",
     "Model",
+    "RetryPolicy",
     "RunContext",
     "RunEvent",
     "RunHandle",

@@ -47,7 +47,14 @@ def throw_cancel(gen: Generator[Any, None, Any], state: RunState, thrown: int) -
 
 
 def crash(runner: Runner, error: BaseException) -> None:
-    """Something no step handles escaped: record the run as ended, then let it propagate."""
+    """Something no step handles escaped: record the run as ended, then let it propagate.
+
+    A ``KeyboardInterrupt`` is the user stopping the run: it is recorded as a
+    cancel (cause ``shutdown``), with the step's cleanup run, not as an error.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        runner.interrupt(error)
+        return
     gen, runner._step_gen = runner._step_gen, None
     try:
         if gen is not None:
@@ -65,8 +72,8 @@ def abandon(runner: Runner) -> None:
     ``KeyboardInterrupt``), the run is recorded and leaves the registry.
     """
     state = runner.state
-    if state.status.is_terminal:
-        return
+    if state.status.is_terminal or REGISTRY.get(state.run_id) is not state:
+        return  # ended, or never registered (its id was taken): nothing to record
     REGISTRY.cancel(state, None, CancelCause.stream_closed)
     gen, runner._step_gen = runner._step_gen, None
     try:

@@ -168,9 +168,14 @@ class Registry:
     # -- membership ---------------------------------------------------------
 
     def add(self, state: RunState) -> None:
-        """Register a new run; raises ``DuplicateRunError`` if its id is active."""
+        """Register a new run; raises ``DuplicateRunError`` if its id is active.
+
+        An entry whose run has ended is replaced: it is left over only when an
+        interrupt (Ctrl+C) landed inside the ``remove`` that ends every run.
+        """
         with self.lock:
-            if state.run_id in self._runs:
+            existing = self._runs.get(state.run_id)
+            if existing is not None and not existing.status.is_terminal:
                 raise DuplicateRunError(state.run_id)
             self._runs[state.run_id] = state
 
@@ -183,8 +188,12 @@ class Registry:
         return self._runs.get(run_id)
 
     def states(self) -> list[RunState]:
+        """The registered runs; ended ones an interrupted ``remove`` left behind are dropped here."""
         drain()
         with self.lock:
+            for state in [s for s in self._runs.values() if s.status.is_terminal]:
+                if self._runs.get(state.run_id) is state:
+                    del self._runs[state.run_id]
             return list(self._runs.values())
 
     def __len__(self) -> int:

@@ -22,6 +22,7 @@ from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
 from ._abandon import abandon, crash, throw_cancel
+from ._aio import AsyncSteps, is_async
 from ._fastevents import make_event
 from ._gcdefer import finish_soon
 from ._printable import safe_str
@@ -45,7 +46,7 @@ from .events import (
 )
 from .exceptions import CancellationError, WorkflowError
 from .output import WorkflowRunOutput
-from .status import RunStatus
+from .status import CancelCause, RunStatus
 from .steps import Step, StepInput
 
 if TYPE_CHECKING:
@@ -106,7 +107,16 @@ class Runner:
         # The streaming step now suspended at a yield, with its index and step.
         self._step_gen: Generator[Any, None, Any] | None = None
         self._step_index = -1
+        self.aio = AsyncSteps(state)  # the run's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
+
+    def __del__(self) -> None:
+        # The last safety net of "no leaks": a runner dropped while its run is still registered and
+        # active (an interrupt between registering the run and handing it to its caller, a generator
+        # that never started) finishes the run, at a safe point if a garbage collection dropped it.
+        state = self.state
+        if not state.status.is_terminal and REGISTRY.get(state.run_id) is state:
+            finish_soon(self.abandon)
 
     # -- events -------------------------------------------------------------
 
@@ -171,7 +181,7 @@ class Runner:
     def _run_step(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
         """Run one step, retrying failed attempts as its policy says."""
         ctx = self.ctx
-        attempts = step.retry.attempts(ctx.sleep) if step.retries else None
+        attempts = step.retry.attempts(ctx.sleep) if step.retry is not None else None
         attempt = 1
         while True:
             ctx.attempt = attempt
@@ -214,6 +224,8 @@ class Runner:
         )
         try:
             result = self._in_step(step.start, step_input)
+            if type(result) is not GeneratorType and is_async(result):  # an async step
+                result = self._in_step(self.aio.settle, step.name, result)
         except Exception as error:
             self._checkpoint()  # a step that fails because it was cancelled was cancelled
             raise StepFailed(step, error) from error
@@ -253,10 +265,12 @@ class Runner:
                 finally:
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
-                    self._close_quietly(gen)
-                    raise TypeError(
-                        f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
-                    )
+                    if not isinstance(chunk, str):
+                        self._close_quietly(gen)
+                        raise TypeError(
+                            f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
+                        )
+                    chunk = str.__str__(chunk)  # a str subclass is a string; the event holds a plain one
                 if state.cancel_requested and not state.shield_depth:
                     continue  # the checkpoint before handing it over: throw in at the top
                 chunks.append(chunk)
@@ -308,18 +322,19 @@ class Runner:
         leaves the registry and its output is set; the failure then propagates.
         """
         state = self.state
-        final = REGISTRY.finish(state, wanted)
-        TIMER.stop(state)
-        if final is RunStatus.error:
-            error = self.failure.error if self.failure is not None else RuntimeError("run failed")
-            state.error, state.error_type = safe_str(error), type(error).__name__
-        self.output = self._output(final)
-        try:
+        try:  # from the decision on: whatever interrupts this (Ctrl+C, a store), the entry goes
+            final = REGISTRY.finish(state, wanted)
+            TIMER.stop(state)
+            if final is RunStatus.error:
+                error = self.failure.error if self.failure is not None else RuntimeError("run failed")
+                state.error, state.error_type = safe_str(error), type(error).__name__
+            self.output = self._output(final)
             terminal = self._emit_terminal(final)
             if self.store is not None:
                 self.store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
+            self.aio.close()
         return terminal
 
     def _emit_terminal(self, final: RunStatus) -> BaseEvent:
@@ -363,6 +378,15 @@ class Runner:
                 output,
             ) from (failure.error if failure is not None else None)
         return output
+
+    def interrupt(self, error: BaseException) -> None:
+        """A ``KeyboardInterrupt`` stopped the run: a cancel (cause ``shutdown``) that the caller also sees.
+
+        The step's cleanup runs as for any cancel and the run is recorded
+        ``cancelled``; the caller re-raises ``error``. Does nothing once the run has ended.
+        """
+        REGISTRY.cancel(self.state, f"interrupted ({type(error).__name__})", CancelCause.shutdown)
+        abandon(self)
 
     def _fail(self, error: BaseException) -> None:
         """End the run ``error`` with ``error`` as the failure of the step it was in."""

@@ -14,10 +14,10 @@ one thread never see each other's context.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 
 from ._registry import REGISTRY, RunState
@@ -100,6 +100,25 @@ class RunContext:
             check_seconds("timeout", timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         return self._wait_until(event, deadline)  # type: ignore[arg-type]  # a number was moved to timeout
+
+    async def asleep(self, seconds: float) -> None:
+        """``await``-able ``sleep`` for async steps: a cancel interrupts it like any ``await``.
+
+        The step sees ``asyncio.CancelledError`` here (at once if the run is
+        already cancelled, outside a shield). The time asleep does not count
+        toward ``run_timeout``. Inside a shield it sleeps its full length.
+        """
+        check_seconds("sleep length", seconds)
+        state = self._state
+        if state.delivers_cancel:
+            raise asyncio.CancelledError
+        REGISTRY.set_status(state, RunStatus.waiting)
+        TIMER.pause(state)
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            REGISTRY.set_status(state, RunStatus.running)
+            TIMER.resume(state)
 
     def on_cancel(self, callback: Callable[[], object]) -> Callable[[], None]:
         """Call ``callback()`` once, from the cancelling thread, when the run is cancelled.
@@ -201,19 +220,48 @@ def get_context() -> RunContext:
     return ctx
 
 
-@contextmanager
-def shield() -> Iterator[None]:
+def shield() -> _Shield:
     """Postpone cancellation while the block runs (shields nest).
 
     Checkpoints inside do not raise; a cancel requested meanwhile is kept and
     lands at the first checkpoint after the outermost shield exits. Use it to
-    protect a critical section or cleanup that must finish.
+    protect a critical section or cleanup that must finish. In an async step
+    ``async with shield():`` (or ``with``) keeps the cancel from interrupting
+    the step's awaits; it lands at the first ``await`` after the outermost
+    shield exits.
     """
-    state = get_context()._state
-    with REGISTRY.lock:
-        state.shield_depth += 1
-    try:
-        yield
-    finally:
+    return _Shield()
+
+
+class _Shield:
+    """The context manager ``shield()`` returns: sync and async alike."""
+
+    __slots__ = ("_state",)
+
+    def __enter__(self) -> None:
+        state = self._state = get_context()._state
+        with REGISTRY.lock:
+            state.shield_depth += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        state = self._state
         with REGISTRY.lock:
             state.shield_depth -= 1
+        if state.cancel_requested and not state.shield_depth:
+            hook = _unshield_hook.get()
+            if hook is not None:  # an async step: its task is cancelled now, at its next await
+                hook()
+
+    async def __aenter__(self) -> None:
+        self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.__exit__(*exc_info)
+
+
+# Set by threadflow._aio inside an async step's task: lands a cancel that a shield held back.
+_unshield_hook: ContextVar[Callable[[], None] | None] = ContextVar("threadflow_unshield_hook", default=None)
+
+
+def unshield_hook_var() -> ContextVar[Callable[[], None] | None]:
+    return _unshield_hook

@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._asyncbridge import follow
+from ._asyncbridge import follow, until_done
 from ._gcdefer import finish_soon
 from ._registry import REGISTRY, RunState
 from ._runlog import EventLog
@@ -286,6 +286,7 @@ class AsyncRunStream:
             async with contextlib.aclosing(handle.aevents()) as events:
                 async for event in events:
                     yield event
+            await until_done(handle)  # the terminal event is logged before the run leaves the registry
         except asyncio.CancelledError:
             handle.cancel("the awaiting asyncio task was cancelled")
             raise

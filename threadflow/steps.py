@@ -5,6 +5,9 @@ or an *agent*. A plain executor's return value is the step's output. An
 executor that returns a generator streams: every ``str`` it yields becomes a
 ``RunContentEvent``, and its return value — or, when it returns ``None``, the
 yielded strings joined — is the output. An agent streams its model's tokens.
+An ``async def`` executor (or one returning a coroutine) is awaited, and an
+async-generator executor streams like a generator, on the run's private event
+loop (``threadflow._aio``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,8 @@ class Step:
     """One named unit of a workflow: an executor or an agent, retried on failure if asked.
 
     Raises ``ValueError`` unless exactly one of ``executor`` / ``agent`` is given.
+    ``retry=RetryPolicy(...)`` sets how failures are retried; ``max_retries`` /
+    ``retry_delay`` / ``retry_wait`` are shorthands for one (``ValueError`` with both).
     """
 
     __slots__ = ("agent", "description", "executor", "name", "retry")
@@ -77,6 +82,7 @@ class Step:
         max_retries: int = 0,
         retry_delay: float = 0.0,
         retry_wait: WaitBaseT | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a step needs a non-empty str name, not {name!r}")
@@ -91,7 +97,7 @@ class Step:
         self.executor = executor
         self.agent = agent
         self.description = description
-        self.retry = RetryPolicy(max_retries=max_retries, retry_delay=retry_delay, wait=retry_wait)
+        self.retry = _retry_policy(name, retry, max_retries, retry_delay, retry_wait)
 
     @property
     def agent_name(self) -> str | None:
@@ -99,7 +105,7 @@ class Step:
 
     @property
     def retries(self) -> bool:
-        return self.retry.max_retries > 0
+        return self.retry is not None
 
     def start(self, step_input: StepInput) -> Any:
         """Run the executor (or open the agent's stream); a generator means the step streams."""
@@ -111,6 +117,19 @@ class Step:
     def __repr__(self) -> str:
         kind = f"agent={self.agent_name!r}" if self.agent is not None else "executor"
         return f"Step({self.name!r}, {kind})"
+
+
+def _retry_policy(
+    name: str, retry: RetryPolicy | None, max_retries: int, retry_delay: float, retry_wait: WaitBaseT | None
+) -> RetryPolicy | None:
+    """The step's policy: ``retry=`` itself, or the one its shorthands describe (never both)."""
+    if retry is None:
+        return RetryPolicy.from_shorthands(max_retries, retry_delay, retry_wait)
+    if not isinstance(retry, RetryPolicy):
+        raise TypeError(f"step {name!r}: retry= takes a threadflow.RetryPolicy, not {type(retry).__name__}")
+    if max_retries or retry_delay or retry_wait is not None:
+        raise ValueError(f"step {name!r}: give retry= or max_retries=/retry_delay=/retry_wait=, not both")
+    return retry
 
 
 def as_step(item: object, name: str | None = None) -> Step:

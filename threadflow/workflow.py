@@ -159,8 +159,13 @@ class Workflow:
         runner = self._new_runner(input, run_id, run_timeout)
         if stream:
             return RunStream(runner)
-        for _ in runner.events():
-            pass
+        events = runner.events()
+        try:
+            for _ in events:
+                pass
+        except KeyboardInterrupt as interrupt:  # Ctrl+C between two events: the user stopped the run
+            runner.interrupt(interrupt)
+            raise
         return runner.result_or_raise()
 
     def _new_runner(
@@ -176,15 +181,18 @@ class Workflow:
         run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
         state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=background)
-        REGISTRY.add(state)
+        if self.debug_mode:
+            sink = _debug_sink(sink)
+        # The runner exists before the run is registered: should an interrupt lose it on the way to
+        # the caller, dropping it finishes the run (Runner.__del__), so no window leaks an entry.
+        runner = Runner(self.steps, state, run_input, store=self.store, sink=sink)
         try:
+            REGISTRY.add(state)
             self.store.run_created(state.info())
         except BaseException:
             REGISTRY.remove(state)
             raise
-        if self.debug_mode:
-            sink = _debug_sink(sink)
-        return Runner(self.steps, state, run_input, store=self.store, sink=sink)
+        return runner
 
     def _background_handle(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
         """A registered (pending) background run, not yet handed to a worker."""
