@@ -1,4 +1,4 @@
-"""Core benchmarks (issue 2): streaming overhead, per-run overhead, cancel latency, memory.
+"""Core benchmarks: streaming overhead, per-run overhead, cancel latency, memory.
 
 Every figure is printed beside a baseline measured in the same process, so
 the ratios survive a noisy machine:

@@ -1,4 +1,4 @@
-"""HTTP benchmarks (issue 5): cancel latency over HTTP, and events per second through SSE.
+"""HTTP benchmarks: cancel latency over HTTP, and events per second through SSE.
 
 Each figure is printed beside a baseline measured in the same process, on
 the same workflow, without HTTP:

@@ -1,4 +1,4 @@
-"""HTTP benchmark (issue 8, item 15): how fast a server notices that a streaming client has left.
+"""HTTP benchmark: how fast a server notices that a streaming client has left.
 
 Many clients at once (200 by default, on loopback) each start a streaming run
 (``POST /workflows/ticker/runs`` with ``"stream": true``) of a step that

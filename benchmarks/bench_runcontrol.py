@@ -1,4 +1,4 @@
-"""Run-control benchmarks (issue 3): background start latency, 1000 concurrent runs, timeouts.
+"""Run-control benchmarks: background start latency, 1000 concurrent runs, timeouts.
 
 Each figure is printed beside a baseline measured in the same run:
 

@@ -1,4 +1,4 @@
-"""Run-history benchmarks (issue 4): streaming with ``SqliteStore``, and cross-process cancel latency.
+"""Run-history benchmarks: streaming with ``SqliteStore``, and cross-process cancel latency.
 
 Every figure is printed beside a baseline measured in the same run:
 

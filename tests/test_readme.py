@@ -86,7 +86,9 @@ def test_the_cookbook_list_comes_before_the_quickstart() -> None:
 
 
 def _user_facing_pages() -> list[pathlib.Path]:
-    return [README, *sorted(DOCS.rglob("*.md"))]
+    # docstrings become the API reference; benchmarks and cookbook scripts are read by users too
+    code = [*sorted((ROOT / "threadflow").rglob("*.py")), *sorted((ROOT / "benchmarks").glob("*.py"))]
+    return [README, *sorted(DOCS.rglob("*.md")), *code, *sorted((ROOT / "cookbook").glob("*.py"))]
 
 
 @pytest.mark.parametrize("page", _user_facing_pages(), ids=lambda p: str(p.relative_to(ROOT)))

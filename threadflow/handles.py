@@ -69,7 +69,7 @@ class RunStream:
 
     def _loop(self) -> Generator[Event, None, None]:
         # One generator per loop: when a ``for`` loop is left by ``break`` it
-        # drops this iterator, whose close() closes the run (SPEC §3 rule 8)
+        # drops this iterator, whose close() closes the run (the consumer leaving is a cancel)
         # even while the caller still holds the stream.
         if self._consumer is None:
             self._own()

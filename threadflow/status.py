@@ -14,7 +14,7 @@ __all__ = ["ACTIVE_STATUSES", "CancelCause", "RunInfo", "RunStatus"]
 
 
 class RunStatus(enum.StrEnum):
-    """Where a run is in its lifecycle (SPEC §2). The last three are terminal."""
+    """Where a run is in its lifecycle. The last three are terminal."""
 
     pending = "pending"
     running = "running"

@@ -3,7 +3,7 @@
 - ``ScriptedModel``: a ``Model`` that streams the tokens you give it, can
   raise after some of them, and can park on a gate so a test knows where it is.
 - ``check_run_events(events)``: the invariants every run's event sequence
-  keeps (SPEC §2): one ``workflow_started`` first, exactly one terminal event
+  keeps: one ``workflow_started`` first, exactly one terminal event
   last, ``seq`` 1, 2, 3, ... without gaps, one run id.
 - ``wait_until(predicate, timeout)``: poll a condition with a deadline.
 """

@@ -1,4 +1,4 @@
-"""``threadflow runs list|status|logs|cancel``: the run history commands (SPEC §5).
+"""``threadflow runs list|status|logs|cancel``: the run history commands.
 
 They read the history named by ``--db`` (at the top level, after ``runs`` or
 after the sub-command; the last one given wins) or ``$THREADFLOW_DB``, and

@@ -14,7 +14,7 @@
                                                         any other value is ignored
     POST /workflows/{workflow_id}/runs/{run_id}/cancel  200 {run_id, status}, 404, 409 already ended {.., status}
 
-Every SSE message is ``id: <seq>`` and ``data: <the event's own JSON>`` (SPEC §4),
+Every SSE message is ``id: <seq>`` and ``data: <the event's own JSON>`` (the events' wire format),
 so ``threadflow.events.parse_event`` reads it back. With an API key
 (``create_app(api_key=...)`` or ``$THREADFLOW_API_KEY``) every request needs
 ``Authorization: Bearer <key>`` (401 otherwise). Errors are JSON

@@ -192,7 +192,7 @@ class _Api:
         if info is None:
             return _no_run(workflow_id, run_id)
         if not info.status.is_terminal:
-            # Active, but not in this process: ask its owner through the store (SPEC §5).
+            # Active, but not in this process: ask its owner through the store.
             if any(store.request_cancel(run_id, reason) for store in self._stores(workflow)):
                 return _cancelled(run_id, RunStatus.cancelling)
             info = self._lookup(workflow, run_id) or info  # it may have ended meanwhile

@@ -24,7 +24,7 @@ __all__ = ["OPEN_FEEDS", "Feed", "Stopped", "batched", "poll_store"]
 
 _STORE_POLL_SECONDS = 0.05
 _MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see batched)
-# How long a run that has ended here may take to be recorded as ended in its store (SPEC §5).
+# How long a run that has ended here may take to be recorded as ended in its store.
 _RECORDING_GRACE_SECONDS = 5.0
 
 

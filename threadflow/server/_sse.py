@@ -1,6 +1,6 @@
 """Server-sent events: a run's events on the wire, and the response that owns (and may cancel) its run.
 
-Every SSE message is ``id: <seq>`` and ``data: <the event's own JSON>`` (SPEC §4).
+Every SSE message is ``id: <seq>`` and ``data: <the event's own JSON>`` (the events' wire format).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _CLOSERS = anyio.CapacityLimiter(256)
 
 
 def event_json(event: BaseEvent) -> str:
-    """The event's own JSON (SPEC §4), whatever a step put in it.
+    """The event's own JSON (the events' wire format), whatever a step put in it.
 
     Content JSON cannot carry as-is still goes out: an unknown type as its
     ``repr``, a lone surrogate as U+FFFD (``parse_event`` refuses ``\\ud800``).
