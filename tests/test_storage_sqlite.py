@@ -507,7 +507,7 @@ class RefusingRuns:
     def __init__(self) -> None:
         self.asked: list[tuple[str, str | None]] = []
 
-    def cancel(self, run_id: str, reason: str | None) -> bool:
+    def cancel(self, run_id: str, reason: str | None, *, callbacks_elsewhere: bool = False) -> bool:
         self.asked.append((run_id, reason))
         return False
 
@@ -1024,3 +1024,34 @@ def test_a_version_1_file_is_migrated_and_keeps_its_runs(db: Path) -> None:
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
     finally:
         conn.close()
+
+
+def test_a_blocking_on_cancel_callback_does_not_stall_the_watcher_for_other_runs(store: SqliteStore, db: Path) -> None:
+    """A slow or raising callback may delay only its own run: the watcher answers every run's requests."""
+    release, entered = threading.Event(), threading.Event()
+
+    def stuck(step_input: StepInput) -> None:
+        ctx = get_context()
+        ctx.on_cancel(lambda: (entered.set(), release.wait(30)))
+        release.wait(30)  # blocked in "foreign" code: only the callback could unblock it
+
+    first = Workflow("stuck callback", steps=[stuck], store=store).run(background=True)
+    parked = Parked()
+    second = Workflow("other", steps=[Step("parked", executor=parked)], store=store).run(background=True)
+    assert parked.reached.wait(10)
+    try:
+        for handle in (first, second):  # from another process, through the store and its watcher
+            cancel = subprocess.run(
+                [sys.executable, "-m", "threadflow", "--db", str(db), "runs", "cancel", handle.run_id],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert cancel.returncode == 0, cancel.stderr
+        assert entered.is_set()
+        assert second.wait(10), "the second run's cancel waited for the first run's blocked callback"
+        assert second.status is RunStatus.cancelled
+    finally:
+        release.set()
+        assert first.wait(10)

@@ -214,18 +214,20 @@ class Registry:
         cause: CancelCause = CancelCause.requested,
         *,
         workflow_id: str | None = None,
+        callbacks_elsewhere: bool = False,
     ) -> bool:
         """Cancel the active run ``run_id`` (of ``workflow_id``, when given).
 
         Returns True iff the run is active; the first accepted request fixes
         the cause and reason. Returns after the run's ``on_cancel`` callbacks
-        have run, never waiting for the run's own code.
+        have run (unless ``callbacks_elsewhere``: see ``cancel``), never
+        waiting for the run's own code.
         """
         check_reason(reason)
         state = self._runs.get(run_id)
         if state is None or (workflow_id is not None and state.workflow_id != workflow_id):
             return False
-        return self.cancel(state, reason, cause)
+        return self.cancel(state, reason, cause, callbacks_elsewhere=callbacks_elsewhere)
 
     def cancel(
         self, state: RunState, reason: str | None, cause: CancelCause, *, callbacks_elsewhere: bool = False
@@ -367,12 +369,12 @@ class _LocalRuns:
 
     __slots__ = ()
 
-    def cancel(self, run_id: str, reason: str | None = None) -> bool:
+    def cancel(self, run_id: str, reason: str | None = None, *, callbacks_elsewhere: bool = False) -> bool:
         check_reason(reason)
         if not isinstance(run_id, str):
             return False
         drain()
-        return REGISTRY.request_cancel(run_id, reason, CancelCause.requested)
+        return REGISTRY.request_cancel(run_id, reason, CancelCause.requested, callbacks_elsewhere=callbacks_elsewhere)
 
     def info(self, run_id: str) -> RunInfo | None:
         state = REGISTRY.get(run_id) if isinstance(run_id, str) else None

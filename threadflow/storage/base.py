@@ -27,8 +27,13 @@ __all__ = ["LocalRuns", "RunStore"]
 class LocalRuns(Protocol):
     """The runs active in this process, as the core lends them to a store."""
 
-    def cancel(self, run_id: str, reason: str | None) -> bool:
-        """Cancel the active run ``run_id`` exactly as ``threadflow.cancel_run`` does; True iff accepted."""
+    def cancel(self, run_id: str, reason: str | None, *, callbacks_elsewhere: bool = False) -> bool:
+        """Cancel the active run ``run_id`` exactly as ``threadflow.cancel_run`` does; True iff accepted.
+
+        A thread that serves every run (a store's watcher) passes
+        ``callbacks_elsewhere=True``: the run's ``on_cancel`` callbacks then run
+        on a thread of their own, so a slow one delays only its own run.
+        """
         ...
 
     def info(self, run_id: str) -> RunInfo | None:

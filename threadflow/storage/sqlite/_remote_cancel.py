@@ -129,7 +129,8 @@ class Answers:
             return  # the nudge and the poll both brought it
         try:
             local: LocalRuns | None = store._local_runs
-            accepted = local is not None and local.cancel(run_id, request.reason)
+            # This thread answers every run's requests: a slow on_cancel callback must not stall them.
+            accepted = local is not None and local.cancel(run_id, request.reason, callbacks_elsewhere=True)
             info = local.info(run_id) if accepted and local is not None else None
             write = functools.partial(answer_request, request=request, accepted=accepted, info=info)
             store._shared.autocommit(write, reopen=False)
