@@ -209,7 +209,7 @@ def test_list_workflows(http: httpx.Client) -> None:
     assert response.status_code == 200
     workflows = {w["id"]: w for w in response.json()}
     assert set(workflows) == {"echo", "gated", "boom", "odd", "stored"}
-    assert workflows["gated"] == {"id": "gated", "name": "gated", "description": None, "steps": ["gated"]}
+    assert workflows["gated"] == {"id": "gated", "name": "gated", "description": None, "steps": ["gated"], "workflow_id": "gated"}
 
 
 # -- POST /workflows/{id}/runs ----------------------------------------------------
