@@ -1,4 +1,4 @@
-"""Listing runs over HTTP (``GET /runs``, ``GET /workflows/{id}/runs``), the live ``/runs/feed``, and browser sessions."""
+"""Listing runs over HTTP (``GET /runs``, ``GET /workflows/{id}/runs``), the live ``/runs/feed``, browser sessions."""
 
 from __future__ import annotations
 
