@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from .. import RunHandle
 from ..events import BaseEvent
+from ..telemetry import count_streamed
 from ._feeds import OPEN_FEEDS, Feed, Stopped
 
 __all__ = ["INTERRUPTED", "EventStreamResponse", "FeedResponse", "event_json"]
@@ -61,6 +62,7 @@ async def _chunks(batches: AsyncIterator[list[BaseEvent]]) -> AsyncIterator[byte
         try:
             async for batch in batches:
                 yield "".join(map(_message, batch)).encode()
+                count_streamed(len(batch))
         except Stopped:
             yield INTERRUPTED
 
