@@ -83,7 +83,7 @@ def test_an_active_run_is_listed_with_its_live_record() -> None:
         get_context().wait(release)
         return "done"
 
-    workflow = Workflow("parked", steps=[parked])  # a MemoryStore records only ended runs
+    workflow = Workflow("parked", steps=[parked], store=MemoryStore())  # it records only ended runs
     with TestClient(create_app(workflow)) as client:
         handle = workflow.run(None, background=True, run_id="live-1")
         try:
