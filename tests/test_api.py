@@ -58,20 +58,31 @@ def test_package_is_typed() -> None:
 LAYERS = [
     {"exceptions", "status", "_printable"},
     {"events"},
-    {"_fastevents", "_validate", "_gcdefer"},
+    {"_fastevents", "_validate", "_gcdefer", "_observe"},
     {"storage"},
     {"_registry", "_timer", "context", "_runlog", "_asyncbridge"},
     {"retry", "agents", "steps", "models", "output", "testing", "_aio"},
     {"_runner", "_abandon", "handles"},
     {"_background", "workflow"},
-    {"control"},
+    {"control", "telemetry"},
     {"cli", "server", "client", "__init__", "__main__"},
 ]
 
 # The edges use only the package's public names: these modules (and no private submodule of them),
 # plus their own modules and each other (`threadflow serve` starts the server).
 EDGES = {"cli": {"server"}, "server": set(), "client": set()}
-PUBLIC_FOR_EDGES = {"__init__", "events", "status", "exceptions", "storage", "models", "testing", "server", "client"}
+PUBLIC_FOR_EDGES = {
+    "__init__",
+    "events",
+    "status",
+    "exceptions",
+    "storage",
+    "models",
+    "testing",
+    "server",
+    "client",
+    "telemetry",
+}
 
 # What storage must never import, even lazily: the core lends a store what it needs (LocalRuns).
 ABOVE_STORAGE = {"_registry", "_runner", "_abandon", "context", "workflow", "handles", "control", "_background"}

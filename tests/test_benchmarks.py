@@ -16,6 +16,7 @@ EXPECTED = {
     "bench_store.py": ["MemoryStore", "SqliteStore", "p99"],
     "bench_http.py": ["in-process", "p99", "events per second"],
     "bench_http_disconnect.py": ["concurrent streams", "p99", "completed after their client left: 0 of 20"],
+    "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event"],
 }
 
 

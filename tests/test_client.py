@@ -269,4 +269,5 @@ def test_unknown_workflows_and_bad_input_raise_http_errors(client: Client) -> No
         client.start("nope")
     with pytest.raises(httpx.HTTPStatusError, match="422"):
         client.start("tokens", run_id="a/b")
-    assert client.list_workflows() == [{"id": "tokens", "name": "tokens", "description": None, "steps": ["tokens"]}]
+    expected = {"id": "tokens", "name": "tokens", "description": None, "steps": ["tokens"], "workflow_id": "tokens"}
+    assert client.list_workflows() == [expected]

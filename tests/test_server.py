@@ -209,7 +209,8 @@ def test_list_workflows(http: httpx.Client) -> None:
     assert response.status_code == 200
     workflows = {w["id"]: w for w in response.json()}
     assert set(workflows) == {"echo", "gated", "boom", "odd", "stored"}
-    assert workflows["gated"] == {"id": "gated", "name": "gated", "description": None, "steps": ["gated"]}
+    gated = {"id": "gated", "name": "gated", "description": None, "steps": ["gated"], "workflow_id": "gated"}
+    assert workflows["gated"] == gated
 
 
 # -- POST /workflows/{id}/runs ----------------------------------------------------

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _observe
 from ._fastevents import make_event
 from ._gcdefer import drain
 from ._validate import check_reason
@@ -261,6 +262,8 @@ class Registry:
                     # The thread that runs the callbacks is named once it runs them (see _run_callbacks).
                     state.callbacks_running = [threading.Event(), None if callbacks_elsewhere else me]
                 running = None
+        if running is None:  # accepted now: tell telemetry (outside the lock, like every callback)
+            _observe.cancel_requested(state.run_id, cause, reason)
         if running is not None:  # another thread is running the callbacks
             running[0].wait()
             return True

@@ -21,6 +21,7 @@ from collections.abc import Callable, Generator
 from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
+from . import _observe
 from ._abandon import abandon, crash, throw_cancel
 from ._aio import AsyncSteps, is_async
 from ._fastevents import make_event
@@ -94,7 +95,10 @@ class Runner:
         self.state = state
         self.input = run_input
         self.store = store
-        sinks = [s for s in (store.append if store is not None and store.records_events else None, sink) if s]
+        observer = _observe.OBSERVER
+        watch = observer.watch(state.run_id, state.workflow_id) if observer is not None else None
+        recorder = store.append if store is not None and store.records_events else None
+        sinks = [s for s in (recorder, sink, watch) if s]
         self.sink: EventSink | None = _fan_out(sinks)
         self.ctx = RunContext(state)
         self.seq = 0

@@ -15,8 +15,10 @@ from starlette.concurrency import run_in_threadpool
 from .. import DuplicateRunError, RunHandle, RunInfo, RunStatus, Workflow, __version__
 from ..storage import RunStore
 from . import _responses as answers
-from ._auth import BearerAuth, api_key_or_env
+from ._auth import Auth, api_key_or_env
+from ._dashboard import add_dashboard
 from ._feeds import Feed, batched, poll_store
+from ._listing import Listing
 from ._models import DEFAULT_MAX_BODY_BYTES, CancelRunRequest, StartRunRequest, body_doc, read_body
 from ._responses import JSONAnswer, error
 from ._sse import EventStreamResponse
@@ -169,6 +171,15 @@ class _Api:
                 info = None
         return info
 
+    def all_stores(self) -> list[RunStore]:
+        """Every store this app answers from, each once: the served workflows' and the app's own."""
+        stores: dict[int, RunStore] = {}
+        for workflow in self.workflows.values():
+            stores.setdefault(id(workflow.store), workflow.store)
+        if self.store is not None:
+            stores.setdefault(id(self.store), self.store)
+        return list(stores.values())
+
     def _stores(self, workflow: Workflow) -> list[RunStore]:
         stores = [workflow.store]
         if self.store is not None and self.store is not workflow.store:
@@ -240,7 +251,8 @@ def _no_run(workflow_id: str, run_id: str) -> Response:
 
 def _describe(route_id: str, workflow: Workflow) -> dict[str, Any]:
     steps = [step.name for step in workflow.steps]
-    return {"id": route_id, "name": workflow.name, "description": workflow.description, "steps": steps}
+    described = {"id": route_id, "name": workflow.name, "description": workflow.description, "steps": steps}
+    return {**described, "workflow_id": workflow.id}  # the id its runs carry, which a mapping may route as another
 
 
 def _workflow_table(workflows: Workflow | Sequence[Workflow] | Mapping[str, Workflow]) -> dict[str, Workflow]:
@@ -285,6 +297,7 @@ def create_app(
     (e.g. a shared ``SqliteStore``). ``keep_finished_runs``: how many finished
     runs started through this app keep their events in memory for ``/events``.
     ``max_body_bytes``: larger request bodies are refused with 413 (default 10 MiB).
+    The app also serves the dashboard at ``/`` (see ``threadflow.server``).
     """
     keep = _count("keep_finished_runs", keep_finished_runs, 0)
     api = _Api(_workflow_table(workflows), store, keep, _count("max_body_bytes", max_body_bytes, 1))
@@ -293,6 +306,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, answers.validation_error)
     app.add_exception_handler(answers.Refused, answers.refused_handler)
     api.add_routes(app)
-    if key is not None:
-        app.add_middleware(BearerAuth, api_key=key)
+    Listing(api.workflows, api.all_stores).add_routes(app)
+    add_dashboard(app)
+    app.add_middleware(Auth, api_key=key)  # without a key it only answers GET /session
     return app

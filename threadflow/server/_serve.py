@@ -18,7 +18,7 @@ from starlette.types import ASGIApp
 from .. import Workflow
 from ..storage import DB_ENV, RunStore, StoreError, default_store
 from ._app import create_app
-from ._auth import BearerAuth, api_key_or_env
+from ._auth import Auth, api_key_or_env
 from ._feeds import OPEN_FEEDS
 from ._models import DEFAULT_MAX_BODY_BYTES
 
@@ -127,7 +127,7 @@ def _app_for(value: object, api_key: str | None, store: RunStore | None, max_bod
     if not callable(value):
         raise TypeError(f"cannot serve a {type(value).__name__}: give a Workflow, a list or dict of them, or an app")
     key = api_key_or_env(api_key)
-    return BearerAuth(value, api_key=key) if key is not None else value
+    return Auth(value, api_key=key) if key is not None else value
 
 
 def serve_target(

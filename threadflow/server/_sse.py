@@ -19,16 +19,17 @@ from starlette.types import Receive, Scope, Send
 
 from .. import RunHandle
 from ..events import BaseEvent
+from ..telemetry import count_streamed
 from ._feeds import OPEN_FEEDS, Feed, Stopped
 
-__all__ = ["EventStreamResponse", "event_json"]
+__all__ = ["INTERRUPTED", "EventStreamResponse", "FeedResponse", "event_json"]
 
 logger = logging.getLogger("threadflow.server")
 
 _SHUTDOWN_GRACE_SECONDS = 1.0  # under uvicorn's graceful-shutdown timeout (2 s here, 5 s for `threadflow serve`)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INTERRUPTED_DETAIL = "the server is stopping before the run has ended; ask again (after_seq, Last-Event-ID) to resume"
-_INTERRUPTED = f"event: stream_interrupted\ndata: {json.dumps({'detail': _INTERRUPTED_DETAIL})}\n\n".encode()
+INTERRUPTED = f"event: stream_interrupted\ndata: {json.dumps({'detail': _INTERRUPTED_DETAIL})}\n\n".encode()
 # Closing the runs whose clients left gets threads of its own: behind the app's shared worker
 # threads (anyio's 40), busy with starts and store reads under load, a disconnect would wait its turn.
 _CLOSERS = anyio.CapacityLimiter(256)
@@ -61,34 +62,21 @@ async def _chunks(batches: AsyncIterator[list[BaseEvent]]) -> AsyncIterator[byte
         try:
             async for batch in batches:
                 yield "".join(map(_message, batch)).encode()
+                count_streamed(len(batch))
         except Stopped:
-            yield _INTERRUPTED
+            yield INTERRUPTED
 
 
-class EventStreamResponse(EventSourceResponse):
-    """An SSE response that, however it ends, cancels the run it owns if that run is still going.
+class FeedResponse(EventSourceResponse):
+    """An SSE response whose feed a stopping server ends cleanly (``stream_interrupted``) rather than cuts."""
 
-    "However it ends" covers the client disconnecting (sse-starlette sees the
-    ``http.disconnect`` at once and cancels the stream), a failed send, and the
-    server stopping; a run that reached its terminal event is not affected.
-    A stopping server ends the feed cleanly (``stream_interrupted``) rather than cutting it.
-    """
-
-    def __init__(
-        self,
-        batches: AsyncIterator[list[BaseEvent]],
-        feed: Feed,
-        *,
-        owns: RunHandle | None,
-        headers: dict[str, str],
-    ) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], feed: Feed, *, headers: dict[str, str]) -> None:
         self._feed = feed
-        self._owned = owns
         # sse-starlette sets this when it sees uvicorn stop (the process's signal handler), then
         # waits up to the grace period for the feed to end before it cuts the stream.
         self._shutdown = anyio.Event()
         super().__init__(
-            _chunks(batches),
+            chunks,
             headers=headers,
             sep="\n",
             shutdown_event=self._shutdown,
@@ -102,6 +90,35 @@ class EventStreamResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
         finally:
             OPEN_FEEDS.discard(self._feed)
+
+    async def _stop_on_shutdown(self) -> None:
+        await self._shutdown.wait()
+        self._feed.stop()
+
+
+class EventStreamResponse(FeedResponse):
+    """A run's events as SSE; however the response ends, it cancels the run it owns if that run is still going.
+
+    "However it ends" covers the client disconnecting (sse-starlette sees the
+    ``http.disconnect`` at once and cancels the stream), a failed send, and the
+    server stopping; a run that reached its terminal event is not affected.
+    """
+
+    def __init__(
+        self,
+        batches: AsyncIterator[list[BaseEvent]],
+        feed: Feed,
+        *,
+        owns: RunHandle | None,
+        headers: dict[str, str],
+    ) -> None:
+        self._owned = owns
+        super().__init__(_chunks(batches), feed, headers=headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
             owned = self._owned
             if owned is not None and not owned.status.is_terminal:  # a racy read: close() decides
                 # Off the loop: the run's on_cancel callbacks may record its end in a store
@@ -109,10 +126,6 @@ class EventStreamResponse(EventSourceResponse):
                 # cancel still happens when this request is itself being cancelled.
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(_close, owned, limiter=_CLOSERS)
-
-    async def _stop_on_shutdown(self) -> None:
-        await self._shutdown.wait()
-        self._feed.stop()
 
 
 def _close(handle: RunHandle) -> None:
