@@ -22,6 +22,7 @@ from .events import (
     WorkflowCancelledEvent,
     WorkflowCompletedEvent,
     WorkflowErrorEvent,
+    WorkflowResumedEvent,
     WorkflowStartedEvent,
 )
 from .status import RunInfo
@@ -73,6 +74,7 @@ _FAST_MODELS: tuple[type[BaseModel], ...] = (
     WorkflowCompletedEvent,
     WorkflowCancelledEvent,
     WorkflowErrorEvent,
+    WorkflowResumedEvent,
     RunStartedEvent,
     RunContentEvent,
     RunCompletedEvent,

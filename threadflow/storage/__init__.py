@@ -1,7 +1,7 @@
 """Where runs are recorded: the ``RunStore`` protocol and its implementations.
 
-``SqliteStore`` is imported on first use, so that ``import threadflow`` does
-not load ``sqlite3``.
+``SqliteStore`` and ``PostgresStore`` are imported on first use, so that
+``import threadflow`` loads neither ``sqlite3`` nor psycopg.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -11,9 +11,10 @@ from .errors import StoreError as StoreError
 from .memory import MemoryStore as MemoryStore
 
 if TYPE_CHECKING:
+    from .postgres import PostgresStore as PostgresStore
     from .sqlite import SqliteStore as SqliteStore
 
-__all__ = ["MemoryStore", "RunStore", "SqliteStore", "StoreError"]
+__all__ = ["MemoryStore", "PostgresStore", "RunStore", "SqliteStore", "StoreError"]
 
 
 def __getattr__(name: str) -> Any:
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from .sqlite import SqliteStore
 
         return SqliteStore
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

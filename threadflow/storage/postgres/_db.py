@@ -1,0 +1,77 @@
+"""Connections: a pool for queries, retried across a lost connection or a restarting server.
+
+Every statement runs inside ``Database.transact(fn)``: ``fn(cursor)`` in one
+transaction, committed on return. A connection that breaks (the server
+restarted, a network blip, ``pg_terminate_backend``) is dropped by the pool;
+``transact`` then tries again on a fresh one until ``retry_seconds`` pass.
+Every write here is idempotent or fenced (``_sql.py``), so a transaction
+retried after its commit was lost in flight changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from ..errors import StoreError
+
+__all__ = ["Database", "Cursor"]
+
+logger = logging.getLogger("threadflow")
+
+T = TypeVar("T")
+Cursor = psycopg.Cursor[Any]
+
+# A connection that broke, or a server that is restarting (admin shutdown, cannot connect now).
+_RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError)
+
+
+class Database:
+    """The store's pool of connections to ``dsn``."""
+
+    def __init__(self, dsn: str, *, max_size: int = 10, retry_seconds: float = 30.0) -> None:
+        self.dsn = dsn
+        self.retry_seconds = retry_seconds
+        self._pool = ConnectionPool(
+            dsn, min_size=1, max_size=max_size, open=False, name="threadflow", reconnect_timeout=retry_seconds
+        )
+
+    def open(self, timeout: float) -> None:
+        """Connect at once, so that a bad DSN fails in the constructor (``StoreError``)."""
+        try:
+            self._pool.open(wait=True, timeout=timeout)
+        except Exception as error:
+            self._pool.close()
+            raise StoreError(f"cannot connect to PostgreSQL: {error}") from error
+
+    def transact(self, fn: Callable[[Cursor], T], *, retry: bool = True) -> T:
+        """``fn(cursor)`` in one transaction; tried again on a fresh connection while the server is unreachable."""
+        deadline = time.monotonic() + (self.retry_seconds if retry else 0.0)
+        delay = 0.01
+        while True:
+            try:
+                with self._pool.connection() as conn, conn.cursor() as cursor:
+                    return fn(cursor)
+            except _RETRYABLE as error:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"PostgreSQL is unreachable: {error}") from error
+                logger.debug("threadflow: postgres: retrying after %s", error)
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
+    def read(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """The rows of one query."""
+
+        def query(cursor: Cursor) -> list[tuple[Any, ...]]:
+            cursor.execute(sql, params)
+            return cursor.fetchall()
+
+        return self.transact(query)
+
+    def close(self) -> None:
+        self._pool.close()
