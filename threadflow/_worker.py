@@ -18,11 +18,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ._registry import REGISTRY
+from ._registry import LOCAL_RUNS, REGISTRY
 from ._runner import Runner
 from ._validate import check_count, check_seconds
 from .events import StepCompletedEvent
 from .status import CancelCause
+from .storage._defaults import track_store
 from .workflow import Workflow
 
 __all__ = ["Worker"]
@@ -66,6 +67,7 @@ class Worker:
         self.concurrency = check_count("concurrency", concurrency, minimum=1)
         self.lease_seconds = float(check_seconds("lease_seconds", lease_seconds, positive=True) or lease_seconds)
         self.store = store
+        track_store(store, LOCAL_RUNS)  # cancels asked through the store reach this process's runs
         self.workflows = {wf.id: wf for wf in flows}
         self._ids = list(self.workflows)
         self._wake = threading.Event()
@@ -204,7 +206,9 @@ class Worker:
         workflow = self.workflows[claim.workflow_id]
         run_input = json.loads(claim.input) if claim.input is not None else None
         resume = self._resume_point(claim) if claim.resumed else None
-        runner = workflow._new_runner(run_input, claim.run_id, claim.run_timeout, background=True, create=False)
+        runner = workflow._new_runner(
+            run_input, claim.run_id, claim.run_timeout, background=True, create=False, store=self.store
+        )
         if resume is not None:
             outputs, last_seq = resume
             runner.resume(outputs, last_seq=last_seq, attempt=claim.attempt, previous_owner=claim.previous_owner)

@@ -178,20 +178,22 @@ class Workflow:
         background: bool = False,
         sink: Any = None,
         create: bool = True,
+        store: RunStore | None = None,
     ) -> Runner:
         drain()  # a safe point: finish runs a garbage collection abandoned
         run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
-        state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=background)
+        store = self.store if store is None else store  # a Worker runs a queued run on its own store
+        state = RunState(run_id, self.id, self.name, store=store, timeout=timeout, background=background)
         if self.debug_mode:
             sink = _debug_sink(sink)
         # The runner exists before the run is registered: should an interrupt lose it on the way to
         # the caller, dropping it finishes the run (Runner.__del__), so no window leaks an entry.
-        runner = Runner(self.steps, state, run_input, store=self.store, sink=sink)
+        runner = Runner(self.steps, state, run_input, store=store, sink=sink)
         try:
             REGISTRY.add(state)
             if create:  # a queued run a Worker claimed has its record already
-                self.store.run_created(state.info())
+                store.run_created(state.info())
         except BaseException:
             REGISTRY.remove(state)
             raise

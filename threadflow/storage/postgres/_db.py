@@ -38,8 +38,9 @@ class Database:
         self.dsn = dsn
         self.retry_seconds = retry_seconds
         self._pool = ConnectionPool(
-            dsn, min_size=1, max_size=max_size, open=False, name="threadflow", reconnect_timeout=retry_seconds
+            dsn, min_size=1, max_size=max_size, open=False, name="tf-postgres", reconnect_timeout=retry_seconds
         )
+        self.closed = False
 
     def open(self, timeout: float) -> None:
         """Connect at once, so that a bad DSN fails in the constructor (``StoreError``)."""
@@ -55,6 +56,9 @@ class Database:
         delay = 0.01
         while True:
             try:
+                if self.closed:  # used again after close(): one connection per call, nothing kept
+                    with psycopg.connect(self.dsn) as conn, conn.cursor() as cursor:
+                        return fn(cursor)
                 with self._pool.connection() as conn, conn.cursor() as cursor:
                     return fn(cursor)
             except _RETRYABLE as error:
@@ -74,4 +78,6 @@ class Database:
         return self.transact(query)
 
     def close(self) -> None:
+        """Close the pool; later calls each use a connection of their own (a closed store may still be read)."""
+        self.closed = True
         self._pool.close()

@@ -106,6 +106,8 @@ class Listener:
                     self._recheck()  # whatever was sent while no connection listened
                     while not self._stopped:
                         for note in conn.notifies(timeout=self.recheck_interval):
+                            if self._stopped:
+                                return
                             self._dispatch(note.channel, note.payload)
                         self._recheck()
             except psycopg.Error as error:

@@ -194,6 +194,8 @@ class PostgresStore:
 
     def run_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Up to ``limit`` run ids that start with ``prefix``, newest first (as git takes a short hash)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative int, not {limit!r}")
         found = self._db.read(
             "SELECT run_id FROM threadflow_runs WHERE starts_with(run_id, %s) ORDER BY created_at DESC LIMIT %s",
             (rows.pg_text(prefix), limit),
