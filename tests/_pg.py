@@ -88,7 +88,9 @@ def restart(root: str) -> None:
     pg_ctl = _bin("pg_ctl")
     assert pg_ctl is not None
     subprocess.run(
-        _as_postgres([pg_ctl, "-D", os.path.join(root, "data"), "-m", "fast", "-w", "restart"]),
+        _as_postgres(
+            [pg_ctl, "-D", os.path.join(root, "data"), "-l", os.path.join(root, "log"), "-m", "fast", "-w", "restart"]
+        ),
         check=True,
         capture_output=True,
     )
