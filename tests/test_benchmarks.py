@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -15,6 +16,7 @@ EXPECTED = {
     "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],
     "bench_store.py": ["MemoryStore", "SqliteStore", "p99"],
     "bench_http.py": ["in-process", "p99", "events per second"],
+    "bench_postgres.py": ["bare NOTIFY", "bare SKIP LOCKED", "claims/s", "cross-host cancel", "resume after SIGKILL"],
 }
 
 
@@ -23,9 +25,17 @@ def test_every_benchmark_is_smoke_tested() -> None:
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
-def test_benchmark_quick_run(script: str) -> None:
+def test_benchmark_quick_run(script: str, request: pytest.FixtureRequest) -> None:
+    env = dict(os.environ)
+    if script == "bench_postgres.py":  # the server the tests use (see conftest.pg_server)
+        env["THREADFLOW_TEST_PG_DSN"] = request.getfixturevalue("pg_server")
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     for needle in EXPECTED[script]:

@@ -11,6 +11,7 @@ retried after its commit was lost in flight changes nothing twice.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -20,7 +21,7 @@ from psycopg_pool import ConnectionPool
 
 from ..errors import StoreError
 
-__all__ = ["Database", "Cursor"]
+__all__ = ["Cursor", "Database", "Dedicated"]
 
 logger = logging.getLogger("threadflow")
 
@@ -81,3 +82,58 @@ class Database:
         """Close the pool; later calls each use a connection of their own (a closed store may still be read)."""
         self.closed = True
         self._pool.close()
+
+
+class Dedicated:
+    """One connection of its own for one thread's frequent transactions (a worker's claims): no pool round trip.
+
+    Same contract as ``Database.transact``; the connection is made on first use
+    and made again after it breaks.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._conn: psycopg.Connection[Any] | None = None
+        self._lock = threading.Lock()
+
+    def transact(self, fn: Callable[[Cursor], T]) -> T:
+        if self.db.closed:
+            return self.db.transact(fn)
+        deadline = time.monotonic() + self.db.retry_seconds
+        delay = 0.01
+        while True:
+            with self._lock:
+                try:
+                    return self._once(fn)
+                except _RETRYABLE as error:
+                    self.close_now()
+                    if time.monotonic() + delay > deadline:
+                        raise StoreError(f"PostgreSQL is unreachable: {error}") from error
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def _once(self, fn: Callable[[Cursor], T]) -> T:
+        conn = self._conn
+        if conn is None or conn.closed:
+            conn = self._conn = psycopg.connect(self.db.dsn)
+        try:
+            with conn.cursor() as cursor:
+                result = fn(cursor)
+            conn.commit()
+        except BaseException:
+            if not conn.closed:
+                try:
+                    conn.rollback()
+                except psycopg.Error:
+                    self.close_now()
+            raise
+        return result
+
+    def close_now(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self.close_now()

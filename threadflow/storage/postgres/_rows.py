@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...events import BaseEvent, WorkflowCancelledEvent, WorkflowErrorEvent, WorkflowStartedEvent
+from ...events import (
+    BaseEvent,
+    RunContentEvent,
+    WorkflowCancelledEvent,
+    WorkflowErrorEvent,
+    WorkflowStartedEvent,
+)
 from ...exceptions import DuplicateRunError
 from ...status import CancelCause, RunInfo, RunStatus
 from .._text import clean_text
@@ -32,6 +38,7 @@ __all__ = [
     "drop_lease",
     "claim_pending",
     "dump_event",
+    "dump_tokens",
     "end_orphans",
     "end_run",
     "end_with_error",
@@ -67,6 +74,28 @@ def is_json(value: Any) -> bool:
     return True
 
 
+def dump_tokens(events: Sequence[BaseEvent]) -> Iterator[tuple[int, str, bool]]:
+    """``(seq, JSON, True)`` of streamed tokens, built around a prefix shared by the tokens of one step.
+
+    Most events of a stream are tokens; pydantic's dump costs more than the rest of writing them.
+    What is built here parses (``parse_event``) to an event equal to the one dumped.
+    """
+    prefix_of: dict[tuple[str, int, str | None], str] = {}
+    for event in events:
+        assert isinstance(event, RunContentEvent)
+        key = (event.step_name, event.step_index, event.agent_name)
+        prefix = prefix_of.get(key)
+        if prefix is None:
+            head = event.model_dump(mode="json", exclude={"seq", "created_at", "content"})
+            prefix = prefix_of[key] = _dumps(head)[:-1]
+        text = event.content
+        content = _dumps(text) if text.isascii() or clean_text(text) is text else None
+        if content is None:  # a lone surrogate (no UTF-8 for it): pydantic's dump, which replaces it
+            yield event.seq, dump_event(event)[0], True
+        else:
+            yield event.seq, f'{prefix},"seq":{event.seq},"created_at":{event.created_at!r},"content":{content}}}', True
+
+
 def dump_event(event: BaseEvent) -> tuple[str, bool]:
     """The event's JSON, and whether its content is exact JSON (False: stored as text)."""
     content = getattr(event, "content", None)
@@ -80,6 +109,9 @@ def dump_event(event: BaseEvent) -> tuple[str, bool]:
         data = event.model_copy(update=fields).model_dump_json(fallback=_as_text)
         exact = False
     return data, exact
+
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _as_text(value: Any) -> str:
@@ -146,12 +178,15 @@ def write_events(  # noqa: PLR0917 — one fenced write: the run, its fence (ses
     )
     if cursor.rowcount != 1:
         return False
-    seqs, datas, exacts = zip(*rows, strict=True)
-    cursor.execute(
-        "INSERT INTO threadflow_events (run_id, seq, data, exact)"
-        " SELECT %s, s, d, e FROM unnest(%s::int[], %s::text[], %s::bool[]) AS t(s, d, e) ON CONFLICT DO NOTHING",
-        (run_id, list(seqs), list(datas), list(exacts)),
-    )
+    # The row is locked (the fence above): no other session writes this run's events until commit. A batch
+    # written again after its commit was lost in flight starts past what is stored.
+    cursor.execute("SELECT COALESCE(MAX(seq), 0) FROM threadflow_events WHERE run_id = %s", (run_id,))
+    stored = cursor.fetchone()
+    last = int(stored[0]) if stored else 0
+    with cursor.copy("COPY threadflow_events (run_id, seq, data, exact) FROM STDIN") as copy:
+        for seq, data, exact in rows:
+            if seq > last:
+                copy.write_row((run_id, seq, data, exact))
     cursor.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, run_id))
     return True
 

@@ -68,7 +68,8 @@ _VERSION_1: Final = [
         cancel_answer boolean
     )""",
     "CREATE INDEX threadflow_runs_created ON threadflow_runs (created_at DESC)",
-    "CREATE INDEX threadflow_runs_queue ON threadflow_runs (workflow_id, created_at)"
+    # the queue in claim order; workflows are filtered on the few pending rows it walks
+    "CREATE INDEX threadflow_runs_queue ON threadflow_runs (created_at)"
     " WHERE status = 'pending' AND queued AND session IS NULL",
     "CREATE INDEX threadflow_runs_owned ON threadflow_runs (session) WHERE session IS NOT NULL"
     " AND status IN ('pending', 'running', 'waiting', 'cancelling')",

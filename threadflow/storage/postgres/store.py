@@ -18,7 +18,7 @@ from .._text import check_reason
 from ..base import LocalRuns
 from ..errors import StoreError
 from . import _rows as rows
-from ._db import Database
+from ._db import Database, Dedicated
 from ._listener import Listener
 from ._schema import RUN_COLUMNS, TERMINAL, migrate
 from ._writer import LocalRun, Writer
@@ -67,6 +67,7 @@ class PostgresStore:
         self._db = Database(dsn)
         self._db.open(connect_timeout)
         self._db.transact(migrate)
+        self._claims = Dedicated(self._db)  # a worker claims often, from one thread
         self._writer = Writer(self._db, self.session, self.owner, self._lease_seconds, self.flush_interval)
         self._runs = self._writer.runs
         self._queue = self._writer.queue  # read by append() on the hot path
@@ -105,6 +106,7 @@ class PostgresStore:
         self._start_owning()
         self._db.transact(lambda c: rows.insert_run(c, info, session=self.session, owner=self.owner))
         self._runs[info.run_id] = LocalRun(attempt=1)
+        self._writer.wake()  # it may have gone idle before this run was registered
 
     def append(self, event: BaseEvent) -> None:
         """Queue one event of a run of this session for the writer thread; never touches the network."""
@@ -145,6 +147,7 @@ class PostgresStore:
         finally:
             self._listener.stop(self._notify)
             self._writer.stop()
+            self._claims.close()
             self._db.close()
 
     def _notify(self, channel: str) -> None:
@@ -155,7 +158,8 @@ class PostgresStore:
         if self._closed:
             raise StoreError(f"{self!r} is closed")
         self._writer.ensure_lease()
-        self._listener.start()
+        if not self._listener.connected.is_set():
+            self._listener.start()
 
     # -- reading --------------------------------------------------------------
 
@@ -336,11 +340,12 @@ class PostgresStore:
             return []
         self._start_owning()
         take = rows.claim_orphans if orphans else rows.claim_pending
-        return self._db.transact(lambda c: take(c, workflow_ids, limit, self.session, self.owner))
+        return self._claims.transact(lambda c: take(c, workflow_ids, limit, self.session, self.owner))
 
     def adopt(self, claim: rows.Claim) -> None:
         """A claimed run is registered in this process: write its events from now on, answer its cancels."""
         self._runs[claim.run_id] = LocalRun(attempt=claim.attempt)
+        self._writer.wake()
         for run_id, reason in self._db.transact(lambda c: rows.pending_requests(c, self.session)):
             if run_id == claim.run_id:
                 self._answer(run_id, reason)
