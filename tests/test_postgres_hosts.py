@@ -200,3 +200,17 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(pg_server: str)
         store.close()
         running.stop_all()
         _pg.stop(root)
+
+
+def test_the_scale_out_cookbook_tells_its_story(pg_dsn: str) -> None:
+    script = TESTS.parent / "cookbook" / "scale_out.py"
+    env = {**os.environ, "THREADFLOW_DB": pg_dsn}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=90, check=False, env=env
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "enqueued 20 runs; 3 workers: alpha, beta, gamma" in out
+    assert out.count("-> exit 0") == 3 and "killed worker beta (SIGKILL)" in out
+    assert "3 cancelled, 17 completed" in out and "beta -> " in out
+    assert "every run: exactly one terminal event, seq without gaps" in out
