@@ -97,7 +97,7 @@ def test_the_owner_is_recorded(stores: Any) -> None:
     store, _ = stores
     output = flows(store, shout).run("x")
     info = store.get_run(output.run_id)
-    assert info is not None and info.owner == store.owner and info.attempt == 1
+    assert info is not None and info.owner == store.identity and info.attempt == 1
 
 
 # -- enqueue and workers ------------------------------------------------------------------
@@ -124,7 +124,7 @@ def test_a_queued_run_executes_on_a_worker_and_is_followed_from_the_enqueuer(sto
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert output.content == "a b c" and output.step_outputs["shout"] == "HELLO"
     info = handle.info()
-    assert (info.status, info.owner, info.attempt) == (RunStatus.completed, back.owner, 1)
+    assert (info.status, info.owner, info.attempt) == (RunStatus.completed, back.identity, 1)
     assert handle.done() and handle.wait(0)
 
 
@@ -267,9 +267,9 @@ def test_runs_are_resumed_after_their_last_completed_step(stores: Any, pg_dsn: s
     assert [e.seq for e in events] == list(range(1, 9))
     resumed = events[4]
     assert isinstance(resumed, WorkflowResumedEvent)
-    assert (resumed.attempt, resumed.previous_owner) == (2, dead.owner)
+    assert (resumed.attempt, resumed.previous_owner) == (2, dead.identity)
     info = handle.info()
-    assert (info.attempt, info.owner) == (2, back.owner)
+    assert (info.attempt, info.owner) == (2, back.identity)
 
 
 def test_a_run_whose_output_is_not_json_cannot_be_resumed(stores: Any, pg_dsn: str) -> None:

@@ -10,7 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ...events import BaseEvent, Event, parse_event
 from ...status import RunInfo, RunStatus
@@ -23,12 +23,19 @@ from ._listener import Listener
 from ._schema import RUN_COLUMNS, TERMINAL, migrate
 from ._writer import LocalRun, Writer
 
-__all__ = ["HOSTNAME_ENV", "PostgresStore", "host_name"]
+__all__ = ["HOSTNAME_ENV", "PostgresStore", "RunOwner", "host_name"]
 
 logger = logging.getLogger("threadflow")
 
 #: Overrides the host name a process records as its runs' ``owner`` (several "hosts" on one machine in tests).
 HOSTNAME_ENV = "THREADFLOW_HOSTNAME"
+
+
+class RunOwner(NamedTuple):
+    """Where a run runs (what ``threadflow runs status`` prints)."""
+
+    host: str
+    pid: int
 
 
 def host_name() -> str:
@@ -63,12 +70,12 @@ class PostgresStore:
         self.dsn = dsn
         self._lease_seconds = float(lease_seconds)
         self.session = uuid.uuid4().hex
-        self.owner = f"{host_name()}:{os.getpid()}"
+        self.identity = f"{host_name()}:{os.getpid()}"  # what RunInfo.owner says of its runs
         self._db = Database(dsn)
         self._db.open(connect_timeout)
         self._db.transact(migrate)
         self._claims = Dedicated(self._db)  # a worker claims often, from one thread
-        self._writer = Writer(self._db, self.session, self.owner, self._lease_seconds, self.flush_interval)
+        self._writer = Writer(self._db, self.session, self.identity, self._lease_seconds, self.flush_interval)
         self._runs = self._writer.runs
         self._queue = self._writer.queue  # read by append() on the hot path
         self._listener = Listener(
@@ -78,7 +85,7 @@ class PostgresStore:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"PostgresStore(session={self.session[:8]}, owner={self.owner!r})"
+        return f"PostgresStore(session={self.session[:8]}, identity={self.identity!r})"
 
     def __enter__(self) -> PostgresStore:
         return self
@@ -104,7 +111,7 @@ class PostgresStore:
     def run_created(self, info: RunInfo) -> None:
         """Write the new run's record, owned by this session. ``DuplicateRunError`` if the id is active anywhere."""
         self._start_owning()
-        self._db.transact(lambda c: rows.insert_run(c, info, session=self.session, owner=self.owner))
+        self._db.transact(lambda c: rows.insert_run(c, info, session=self.session, owner=self.identity))
         self._runs[info.run_id] = LocalRun(attempt=1)
         self._writer.wake()  # it may have gone idle before this run was registered
 
@@ -205,6 +212,14 @@ class PostgresStore:
             (rows.pg_text(prefix), limit),
         )
         return [row[0] for row in found]
+
+    def owner(self, run_id: str) -> RunOwner | None:
+        """The process running (or that ran) the run: its host and pid; None while pending or unknown."""
+        info = self.get_run(run_id)
+        if info is None or info.owner is None:
+            return None
+        host, _, pid = info.owner.rpartition(":")
+        return RunOwner(host, int(pid) if pid.isdigit() else 0)
 
     def events(self, run_id: str, after_seq: int = 0) -> Sequence[Event]:
         """The committed events with ``seq > after_seq``, in order (``flush()`` first for this session's newest)."""
@@ -340,7 +355,7 @@ class PostgresStore:
             return []
         self._start_owning()
         take = rows.claim_orphans if orphans else rows.claim_pending
-        return self._claims.transact(lambda c: take(c, workflow_ids, limit, self.session, self.owner))
+        return self._claims.transact(lambda c: take(c, workflow_ids, limit, self.session, self.identity))
 
     def adopt(self, claim: rows.Claim) -> None:
         """A claimed run is registered in this process: write its events from now on, answer its cancels."""
