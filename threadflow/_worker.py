@@ -11,6 +11,7 @@ last completed step.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import threading
@@ -96,6 +97,7 @@ class Worker:
             return
         self.store.lease_seconds = self.lease_seconds
         self.store.hold(self._on_queued)
+        atexit.register(self._at_exit)
         self._thread = threading.Thread(target=self._loop, name="threadflow-queue-claimer", daemon=True)
         self._thread.start()
 
@@ -105,6 +107,7 @@ class Worker:
         True if every run ended by itself. Idempotent.
         """
         check_seconds("timeout", timeout, optional=True)
+        atexit.unregister(self._at_exit)
         self._stopping = True
         self._wake.set()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -120,6 +123,11 @@ class Worker:
             self.store.unhold(self._on_queued)
             self._thread = None
         return finished
+
+    def _at_exit(self) -> None:
+        """Interpreter exit with the worker running: its runs are cancelled (``shutdown``) and recorded, as
+        ``threadflow.shutdown()`` does for background runs — never left ``running`` for a lease to expire."""
+        self.stop(timeout=0)
 
     def _join(self, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -345,6 +345,7 @@ def end_orphans(cursor: Cursor, limit: int) -> int:
         {"active": ACTIVE, "limit": limit},
     )
     rows = cursor.fetchall()
+    cursor.execute(f"DELETE FROM threadflow_sessions WHERE lease_until < {NOW} - 86400")  # long gone, nothing left
     for run_id, owner, session in rows:
         message = f"owner {owner} stopped renewing its lease (the process exited or lost the database)"
         end_with_error(cursor, run_id, message, "OwnerLost", session=session)
