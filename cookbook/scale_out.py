@@ -5,10 +5,10 @@ What it shows, end to end (SPEC §10):
 1. three ``threadflow worker`` processes start, each acting as its own host
    (``THREADFLOW_HOSTNAME`` = alpha, beta, gamma), all on one database;
 2. this process enqueues 20 runs (``wf.enqueue``) and returns at once;
-3. a fourth process (``threadflow runs cancel``) cancels three of them,
-   wherever they are — still queued, or running on some host;
-4. worker ``beta`` is killed (SIGKILL) while it runs; after its lease
+3. worker ``beta`` is killed (SIGKILL) while it runs; after its lease
    (2 s here) lapses the others resume its runs after their last completed step;
+4. a fourth process (``threadflow runs cancel``) cancels the last three runs,
+   wherever they are — still queued, or running on some host;
 5. it prints where each run ran and how it ended: every run has exactly one
    terminal event, and ``seq`` numbers without gaps.
 
@@ -16,7 +16,7 @@ Needs a PostgreSQL server: ``THREADFLOW_DB=postgresql://...`` names one;
 without it the script starts a throwaway local cluster with the system's
 ``initdb``/``pg_ctl`` (the Debian ``postgresql`` package), as the tests do.
 
-Run it (about ten seconds)::
+Run it (about fifteen seconds)::
 
     python cookbook/scale_out.py
 """
@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ def gather(step_input: StepInput) -> dict[str, object]:
 
 
 def write(step_input: StepInput) -> Iterator[str]:
-    for word in ("a", "short", "report", "on", str(step_input.previous_step_content["topic"])):
-        get_context().sleep(0.1)
+    for word in ("a", "short", "report", "on", str(step_input.previous_step_content["topic"]), "-", "the", "end"):
+        get_context().sleep(0.2)
         yield word + " "
 
 
@@ -74,14 +75,20 @@ def main(dsn: str) -> None:
     try:
         handles = [queued.enqueue(f"topic {n}") for n in range(20)]
         print(f"enqueued {len(handles)} runs; 3 workers: {', '.join(workers)}")
-        for handle in handles[3::6]:  # a fourth process cancels three of them
-            argv = [sys.executable, "-m", "threadflow", "--db", dsn, "runs", "cancel", handle.run_id]
-            done = subprocess.run([*argv, "--reason", "not needed"], capture_output=True, text=True, check=False)
-            print(f"threadflow runs cancel {handle.run_id[:8]} -> exit {done.returncode}")
         doomed = _running_on(store, "beta")
         workers["beta"].kill()
         workers["beta"].wait()
         print(f"killed worker beta (SIGKILL) while it ran {doomed[:8]}")
+        cancels = [  # a fourth process (three, at once) cancels the last three runs, wherever they are
+            subprocess.Popen(
+                [sys.executable, "-m", "threadflow", "--db", dsn, "runs", "cancel", h.run_id, "--reason", "not needed"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for h in handles[-3:]
+        ]
+        for handle, cancel in zip(handles[-3:], cancels, strict=True):
+            print(f"threadflow runs cancel {handle.run_id[:8]} -> exit {cancel.wait()}")
         for handle in handles:
             handle.wait(60)
         _report(store, handles)
@@ -97,11 +104,13 @@ def main(dsn: str) -> None:
 def _running_on(store: Any, host: str) -> str:
     """The id of a run ``host`` is running right now (looks until one is)."""
     pause = threading.Event()
-    while True:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         for info in store.list_runs(status=RunStatus.running):
             if (info.owner or "").startswith(host + ":"):
                 return str(info.run_id)
         pause.wait(0.02)
+    raise RuntimeError(f"no run started on {host}")
 
 
 def _report(store: Any, handles: list[Any]) -> None:

@@ -202,6 +202,7 @@ def test_a_database_restart_mid_run_loses_and_duplicates_nothing(pg_server: str)
         _pg.stop(root)
 
 
+@pytest.mark.timeout(120)
 def test_the_scale_out_cookbook_tells_its_story(pg_dsn: str) -> None:
     script = TESTS.parent / "cookbook" / "scale_out.py"
     env = {**os.environ, "THREADFLOW_DB": pg_dsn}
