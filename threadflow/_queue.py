@@ -34,8 +34,8 @@ def enqueue(workflow: Any, run_input: Any, run_id: str | None) -> QueuedHandle:
     if not isinstance(store, QueueStore):
         raise ValueError(
             f"workflow {workflow.id!r} cannot enqueue runs: its store ({type(store).__name__}) is not shared "
-            "with other processes through a run queue — pass Workflow(store=PostgresStore(dsn)) or set "
-            "THREADFLOW_DB=postgresql://..."
+            "with other processes through a run queue — pass Workflow(store=PostgresStore(dsn)) (or "
+            "SqliteStore(path) for processes on one host), or set THREADFLOW_DB"
         )
     run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
     if REGISTRY.get(run_id) is not None:

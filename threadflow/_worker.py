@@ -40,7 +40,7 @@ class Worker:
     """Takes queued runs of ``workflows`` from ``store`` and runs them, ``concurrency`` at a time.
 
     ``store`` must be shared by the processes that enqueue (a
-    ``PostgresStore``); ``lease_seconds`` is how long its runs stay this
+    ``PostgresStore``, or a ``SqliteStore`` for processes on one host); ``lease_seconds`` is how long its runs stay this
     worker's after it stops renewing (it dies, or loses the database):
     then another worker resumes them. ``start()`` returns at once;
     ``stop(timeout)`` stops claiming, lets the runs finish — for at most
@@ -71,6 +71,8 @@ class Worker:
         track_store(store, LOCAL_RUNS)  # cancels asked through the store reach this process's runs
         self.workflows = {wf.id: wf for wf in flows}
         self._ids = list(self.workflows)
+        # A store that cannot wake idle workers (SQLite has no NOTIFY) says how often to look instead.
+        self.poll_interval = float(getattr(store, "queue_poll_interval", self.poll_interval))
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._active: dict[str, Runner] = {}

@@ -27,7 +27,7 @@ def add_worker_command(commands: Commands) -> None:
     """Add ``worker`` to the ``threadflow`` parser."""
     worker = commands.add_parser(
         "worker",
-        help="run queued runs of workflows from a shared store (PostgreSQL)",
+        help="run queued runs of workflows from a shared store (PostgreSQL, or SQLite on one host)",
         description="Import MODULE:ATTR (a Workflow or a list of them) and run their queued runs from --db "
         "until stopped (SIGTERM or Ctrl+C: stop claiming, let runs finish up to --grace seconds, then cancel).",
     )
@@ -70,12 +70,12 @@ def worker_command(args: argparse.Namespace) -> int:
     """Run a ``Worker`` until SIGTERM/SIGINT; exit 0 after a graceful stop."""
     db = db_from(args)
     if not db:
-        raise CommandError("worker needs a shared store: --db postgresql://... (or $THREADFLOW_DB)", EXIT_USAGE)
+        raise CommandError("worker needs a shared store: --db postgresql://... or a SQLite path", EXIT_USAGE)
     flows = load_workflows(args.target)
     store = open_store(db)
     if not hasattr(store, "claim"):
         store.close()
-        raise CommandError("--db: this kind of store has no run queue; use a postgresql:// URL", EXIT_USAGE)
+        raise CommandError("--db: this kind of store has no run queue", EXIT_USAGE)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
