@@ -211,3 +211,14 @@ def test_output_that_is_not_json_cannot_be_resumed(workers: Workers, db: Path) -
         assert handle.wait(WAIT)
         info = handle.info()
         assert info.status is RunStatus.error and "'opaque' is not JSON" in (info.error or "")
+
+
+def test_workflow_resumed_round_trips_and_is_built_fast() -> None:
+    from threadflow._fastevents import make_event
+    from threadflow.events import parse_event
+
+    fields = {"run_id": "r", "workflow_id": "w", "workflow_name": "w", "seq": 5, "created_at": 1.5}
+    event = WorkflowResumedEvent(attempt=2, previous_owner="host-a:12", **fields)
+    assert parse_event(event.model_dump_json()) == event
+    assert make_event(WorkflowResumedEvent, {**fields, "attempt": 2, "previous_owner": "host-a:12"}) == event
+    assert str(event.event) == "workflow_resumed" and not event.terminal
