@@ -11,6 +11,7 @@ os.environ.setdefault("THREADFLOW_VALIDATE_EVENTS", "1")
 
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 
 import pytest
@@ -73,3 +74,24 @@ def no_leaked_runs() -> Iterator[None]:
     for worker in (t for t in new if t.name.startswith(WORKER_THREAD_PREFIX)):
         worker.join(WAIT)
         assert not worker.is_alive(), f"background worker {worker.name} outlived every run"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    """A real PostgreSQL server's DSN (see ``tests/_pg.py``); skipped without one — a failure under ``CI=true``."""
+    import _pg
+
+    dsn = _pg.pg_dsn()
+    if dsn is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true needs a PostgreSQL server: {_pg.SKIP_REASON}")
+        pytest.skip(_pg.SKIP_REASON)
+    return dsn
+
+
+@pytest.fixture
+def pg_dsn(pg_server: str) -> str:
+    """A DSN whose tables live in a schema of their own, empty for this test."""
+    import _pg
+
+    return _pg.schema_dsn(pg_server, f"t_{uuid.uuid4().hex[:12]}")

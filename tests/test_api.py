@@ -62,9 +62,9 @@ LAYERS = [
     {"storage"},
     {"_registry", "_timer", "context", "_runlog", "_asyncbridge"},
     {"retry", "agents", "steps", "models", "output", "testing", "_aio"},
-    {"_runner", "_abandon", "handles"},
+    {"_runner", "_abandon", "handles", "_queue"},
     {"_background", "workflow"},
-    {"control", "telemetry"},
+    {"control", "telemetry", "_worker"},
     {"cli", "server", "client", "__init__", "__main__"},
 ]
 

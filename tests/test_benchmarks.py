@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import subprocess
 import sys
@@ -17,6 +18,7 @@ EXPECTED = {
     "bench_http.py": ["in-process", "p99", "events per second"],
     "bench_http_disconnect.py": ["concurrent streams", "p99", "completed after their client left: 0 of 20"],
     "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event"],
+    "bench_postgres.py": ["bare NOTIFY", "bare SKIP LOCKED", "claims/s", "cross-host cancel", "resume after SIGKILL"],
 }
 
 
@@ -25,9 +27,17 @@ def test_every_benchmark_is_smoke_tested() -> None:
 
 
 @pytest.mark.parametrize("script", sorted(EXPECTED))
-def test_benchmark_quick_run(script: str) -> None:
+def test_benchmark_quick_run(script: str, request: pytest.FixtureRequest) -> None:
+    env = dict(os.environ)
+    if script == "bench_postgres.py":  # the server the tests use (see conftest.pg_server)
+        env["THREADFLOW_TEST_PG_DSN"] = request.getfixturevalue("pg_server")
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True, timeout=120, check=False
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     for needle in EXPECTED[script]:

@@ -34,6 +34,7 @@ TESTED = {
     "http_polos_cancel.py",  # run by test_server_cookbook.py
     "on_cancel_unblock.py",
     "retry_backoff.py",
+    "scale_out.py",  # run by test_postgres_hosts.py (needs a PostgreSQL server)
     "store_history.py",  # run by test_cli_runs.py
     "timeout_waits.py",
 }

@@ -1,6 +1,7 @@
 """threadflow: synchronous workflows that stream typed events and cancel cleanly from anywhere."""
 
 from ._background import shutdown as shutdown
+from ._worker import Worker as Worker
 from .agents import Agent as Agent
 from .agents import Model as Model
 from .context import RunContext as RunContext
@@ -42,6 +43,7 @@ __all__ = [
     "RunStream",
     "Step",
     "StepInput",
+    "Worker",
     "Workflow",
     "WorkflowError",
     "WorkflowRunEvent",

@@ -31,6 +31,7 @@ from .events import (
     WorkflowCancelledEvent,
     WorkflowCompletedEvent,
     WorkflowErrorEvent,
+    WorkflowResumedEvent,
     WorkflowStartedEvent,
 )
 from .status import RunInfo
@@ -137,6 +138,7 @@ _FAST_MODELS: tuple[type[BaseModel], ...] = (
     WorkflowCompletedEvent,
     WorkflowCancelledEvent,
     WorkflowErrorEvent,
+    WorkflowResumedEvent,
     RunStartedEvent,
     RunContentEvent,
     RunCompletedEvent,

@@ -43,6 +43,7 @@ from .events import (
     WorkflowCancelledEvent,
     WorkflowCompletedEvent,
     WorkflowErrorEvent,
+    WorkflowResumedEvent,
     WorkflowStartedEvent,
 )
 from .exceptions import CancellationError, WorkflowError
@@ -112,6 +113,8 @@ class Runner:
         self._step_gen: Generator[Any, None, Any] | None = None
         self._step_index = -1
         self.aio = AsyncSteps(state)  # the run's private event loop, made by its first async step
+        self._resumed: dict[str, Any] | None = None  # set by resume(): the workflow_resumed event's fields
+        self._first_step = 0
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
 
     def __del__(self) -> None:
@@ -143,12 +146,32 @@ class Runner:
 
     # -- the run ------------------------------------------------------------
 
+    def resume(self, outputs: dict[str, Any], *, last_seq: int, attempt: int, previous_owner: str | None) -> None:
+        """Continue a run another process began: before ``events()``, never after.
+
+        ``outputs`` are the logged outputs of its completed steps: the steps
+        from the first one missing there run (the one that was running starts
+        again); the run's first event is ``workflow_resumed`` and numbering
+        continues after ``last_seq``.
+        """
+        self.seq = last_seq
+        self._resumed = {"attempt": attempt, "previous_owner": previous_owner}
+        while self._first_step < len(self.steps) and self.steps[self._first_step].name in outputs:
+            name = self.steps[self._first_step].name
+            self.outputs[name] = self.content = outputs[name]
+            self._first_step += 1
+
     def events(self) -> Generator[BaseEvent, None, None]:
         """Run every step, yielding each event; ends with exactly one terminal event."""
         try:
             self._begin()
-            yield self.emit(WorkflowStartedEvent)
+            if self._resumed is None:
+                yield self.emit(WorkflowStartedEvent)
+            else:
+                yield self.emit(WorkflowResumedEvent, **self._resumed)
             for index, step in enumerate(self.steps):
+                if index < self._first_step:
+                    continue  # completed before the run was resumed
                 self._checkpoint()
                 self._step_index = index
                 self.state.step_name = self.ctx.step_name = step.name

@@ -37,6 +37,7 @@ __all__ = [
     "WorkflowCancelledEvent",
     "WorkflowCompletedEvent",
     "WorkflowErrorEvent",
+    "WorkflowResumedEvent",
     "WorkflowRunEvent",
     "WorkflowStartedEvent",
     "is_terminal",
@@ -54,6 +55,7 @@ class WorkflowRunEvent(enum.StrEnum):
     workflow_completed = "workflow_completed"
     workflow_cancelled = "workflow_cancelled"
     workflow_error = "workflow_error"
+    workflow_resumed = "workflow_resumed"
 
 
 class RunEvent(enum.StrEnum):
@@ -142,6 +144,17 @@ class WorkflowErrorEvent(BaseEvent):
     terminal: ClassVar[bool] = True
 
 
+class WorkflowResumedEvent(BaseEvent):
+    """A worker took the run over after its owner stopped renewing its lease.
+
+    Steps completed before keep their logged outputs; the step that was running starts again.
+    """
+
+    event: Literal[WorkflowRunEvent.workflow_resumed] = WorkflowRunEvent.workflow_resumed
+    attempt: int
+    previous_owner: str | None = None
+
+
 class RunStartedEvent(_StepRunEvent):
     event: Literal[RunEvent.run_started] = RunEvent.run_started
 
@@ -176,6 +189,7 @@ Event = Annotated[
     | WorkflowCompletedEvent
     | WorkflowCancelledEvent
     | WorkflowErrorEvent
+    | WorkflowResumedEvent
     | RunStartedEvent
     | RunContentEvent
     | RunCompletedEvent

@@ -60,3 +60,7 @@ class RunInfo(BaseModel):
     created_at: float
     started_at: float | None = None
     ended_at: float | None = None
+    #: The process running it on a shared store: ``"host:pid"`` (None while pending, and in a MemoryStore).
+    owner: str | None = None
+    #: 1, then +1 each time a worker resumes the run after its owner stopped renewing its lease.
+    attempt: int = 1

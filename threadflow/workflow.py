@@ -13,6 +13,7 @@ from ._asyncbridge import until_done
 from ._background import WorkerPool
 from ._gcdefer import drain
 from ._printable import safe_repr
+from ._queue import enqueue
 from ._registry import LOCAL_RUNS, REGISTRY, RunState, new_run_id
 from ._runlog import EventLog
 from ._runner import Runner
@@ -176,19 +177,23 @@ class Workflow:
         *,
         background: bool = False,
         sink: Any = None,
+        create: bool = True,
+        store: RunStore | None = None,
     ) -> Runner:
         drain()  # a safe point: finish runs a garbage collection abandoned
         run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
-        state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=background)
+        store = self.store if store is None else store  # a Worker runs a queued run on its own store
+        state = RunState(run_id, self.id, self.name, store=store, timeout=timeout, background=background)
         if self.debug_mode:
             sink = _debug_sink(sink)
         # The runner exists before the run is registered: should an interrupt lose it on the way to
         # the caller, dropping it finishes the run (Runner.__del__), so no window leaks an entry.
-        runner = Runner(self.steps, state, run_input, store=self.store, sink=sink)
+        runner = Runner(self.steps, state, run_input, store=store, sink=sink)
         try:
             REGISTRY.add(state)
-            self.store.run_created(state.info())
+            if create:  # a queued run a Worker claimed has its record already
+                store.run_created(state.info())
         except BaseException:
             REGISTRY.remove(state)
             raise
@@ -204,6 +209,16 @@ class Workflow:
         handle = self._background_handle(run_input, run_id, run_timeout)
         self._pool.submit(handle)
         return handle
+
+    def enqueue(self, input: Any = None, *, run_id: str | None = None) -> RunHandle:  # noqa: A002
+        """Record a run as ``pending`` in the workflow's shared store for any ``Worker`` to run; returns at once.
+
+        The handle's ``events()``/``result()``/``cancel()``/``status`` work from
+        here while the run executes on a worker, on any host. ``ValueError``
+        (naming the fix) when the store is not shared across processes (the
+        in-memory default); ``TypeError`` when ``input`` is not JSON data.
+        """
+        return enqueue(self, input, run_id)
 
     @overload
     def arun(

@@ -60,8 +60,8 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--db",
         default=argparse.SUPPRESS,
-        metavar="PATH",
-        help=f"the SQLite run history (overrides ${DB_ENV})",
+        metavar="DB",
+        help=f"the run history: a SQLite file path or a postgresql:// URL (overrides ${DB_ENV})",
     )
 
 

@@ -13,6 +13,7 @@ from ._args import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CommandError, Parser,
 from ._demo import add_demo_command
 from ._runs import add_runs_commands
 from ._serve import add_serve_command
+from ._worker import add_worker_command
 
 __all__ = ["build_parser", "main"]
 
@@ -24,7 +25,7 @@ unusable history, 2 usage error, 130 interrupted (Ctrl+C)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``threadflow`` command line: ``demo``, ``runs list|status|logs|cancel``, ``serve``."""
+    """The ``threadflow`` command line: ``demo``, ``runs list|status|logs|cancel``, ``serve``, ``worker``."""
     parser = Parser(
         prog="threadflow",
         description="Run the demo, serve workflows over HTTP, and list, follow and cancel stored runs.",
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_demo_command(commands)
     add_runs_commands(commands)
     add_serve_command(commands)
+    add_worker_command(commands)
     return parser
 
 

@@ -1,8 +1,8 @@
 """Where runs are recorded: the ``RunStore`` protocol and its implementations.
 
-``SqliteStore`` is imported on first use, so that ``import threadflow`` does
-not load ``sqlite3``. ``default_store()`` is the store a ``Workflow`` given
-none uses: ``SqliteStore($THREADFLOW_DB)`` when ``DB_ENV`` names one, else the
+``SqliteStore`` and ``PostgresStore`` are imported on first use, so that
+``import threadflow`` loads neither ``sqlite3`` nor psycopg. ``default_store()`` is the store a
+``Workflow`` given none uses: ``SqliteStore($THREADFLOW_DB)`` when ``DB_ENV`` names one, else the
 process's ``MemoryStore``.
 """
 
@@ -15,9 +15,10 @@ from .errors import StoreError as StoreError
 from .memory import MemoryStore as MemoryStore
 
 if TYPE_CHECKING:
+    from .postgres import PostgresStore as PostgresStore
     from .sqlite import SqliteStore as SqliteStore
 
-__all__ = ["DB_ENV", "MemoryStore", "RunStore", "SqliteStore", "StoreError", "default_store"]
+__all__ = ["DB_ENV", "MemoryStore", "PostgresStore", "RunStore", "SqliteStore", "StoreError", "default_store"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,4 +26,8 @@ def __getattr__(name: str) -> Any:
         from .sqlite import SqliteStore
 
         return SqliteStore
+    if name == "PostgresStore":
+        from .postgres import PostgresStore
+
+        return PostgresStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,9 +9,10 @@ import weakref
 from .base import LocalRuns, RunStore
 from .memory import MemoryStore
 
-__all__ = ["DB_ENV", "default_store", "known_stores", "track_store"]
+__all__ = ["DB_ENV", "default_store", "is_postgres_url", "known_stores", "open_store", "track_store"]
 
-#: The environment variable naming the SQLite database a workflow uses by default.
+#: The environment variable naming the database a workflow uses by default: a SQLite path, or a
+#: ``postgresql://`` (or ``postgres://``) URL for ``PostgresStore``.
 DB_ENV = "THREADFLOW_DB"
 
 _lock = threading.Lock()
@@ -22,17 +23,34 @@ _known_strong: dict[int, RunStore] = {}  # stores that cannot be weakly referenc
 
 
 def default_store() -> RunStore:
-    """``SqliteStore($THREADFLOW_DB)`` when that is set (one per path), else the process's ``MemoryStore``."""
+    """The store ``$THREADFLOW_DB`` names (one per value), else the process's ``MemoryStore``.
+
+    A ``postgresql://`` URL is a ``PostgresStore``; anything else is a ``SqliteStore`` path.
+    """
     path = os.environ.get(DB_ENV)
     if not path:
         return _memory
     with _lock:
         store = _by_path.get(path)
         if store is None:
-            from .sqlite import SqliteStore
-
-            store = _by_path[path] = SqliteStore(path)
+            store = _by_path[path] = open_store(path)
         return store
+
+
+def is_postgres_url(db: str) -> bool:
+    """Whether ``db`` names a PostgreSQL database (a ``postgresql://`` or ``postgres://`` URL)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def open_store(db: str) -> RunStore:
+    """``PostgresStore(db)`` for a ``postgresql://`` URL, else ``SqliteStore(db)``."""
+    if is_postgres_url(db):
+        from .postgres import PostgresStore
+
+        return PostgresStore(db)
+    from .sqlite import SqliteStore
+
+    return SqliteStore(db)
 
 
 def track_store(store: RunStore, local_runs: LocalRuns) -> None:

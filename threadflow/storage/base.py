@@ -15,13 +15,13 @@ calling its optional ``bind_local_runs(runs)`` when a workflow first uses it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 from ..events import BaseEvent, Event
 from ..status import RunInfo, RunStatus
 
-__all__ = ["LocalRuns", "RunStore"]
+__all__ = ["LocalRuns", "QueueStore", "RunStore"]
 
 
 class LocalRuns(Protocol):
@@ -75,3 +75,21 @@ class RunStore(Protocol):
 
     def close(self) -> None:
         """Flush and release resources."""
+
+
+@runtime_checkable
+class QueueStore(RunStore, Protocol):
+    """A ``RunStore`` every process shares, with a run queue: what ``Workflow.enqueue`` needs.
+
+    Workers (``threadflow.Worker``) take the queued runs through the store's
+    own claim methods; the enqueuing process follows a run through these.
+    """
+
+    def enqueue(self, info: RunInfo, input_json: str, run_timeout: float | None) -> None:
+        """Record a queued run (``pending``, no owner) for any worker; ``DuplicateRunError`` if the id is active."""
+
+    def follow(self, run_id: str, after_seq: int = 0) -> Iterator[Event]:
+        """The run's events after ``after_seq`` as they are written, by any process, through its terminal event."""
+
+    def wait_ended(self, run_id: str, timeout: float | None = None) -> bool:
+        """Block until the run's record is terminal (True) or ``timeout`` seconds pass (False)."""

@@ -47,7 +47,8 @@ _OWNER_EXITED_TYPE: Final = "OwnerProcessExited"
 #: The ``error`` recorded for a run of this process whose end could not be written (found when its id is reused).
 _END_NOT_RECORDED: Final = ("the run's end could not be recorded", "RunEndNotRecorded")
 
-SELECT_RUNS: Final = f"SELECT {RUN_COLUMNS} FROM runs"
+#: A record with its owner (``host:pid``, or nobody: a queued run no worker claimed) and attempt.
+SELECT_RUNS: Final = f"SELECT {RUN_COLUMNS}, owner_host, owner_pid, attempt FROM runs"
 SELECT_NEWEST: Final = SELECT_RUNS + " WHERE run_id = ? ORDER BY run_key DESC LIMIT 1"
 _SET_RECORD: Final = (
     "status = ?, cause = ?, reason = ?, step_name = ?, error = ?, error_type = ?,"
@@ -56,9 +57,13 @@ _SET_RECORD: Final = (
 
 
 def info_of(row: Sequence[Any]) -> RunInfo:
-    """The ``RunInfo`` of a row of ``RUN_COLUMNS``."""
+    """The ``RunInfo`` of a row of ``RUN_COLUMNS`` (and, as ``SELECT_RUNS`` reads them, owner and attempt)."""
     names = RUN_COLUMNS.split(", ")
-    return RunInfo(**dict(zip(names, row, strict=True)))
+    fields = dict(zip(names, row[: len(names)], strict=True))
+    if len(row) > len(names):
+        host, pid, attempt = row[len(names) :]
+        fields.update(owner=f"{host}:{pid}" if pid else None, attempt=attempt)
+    return RunInfo(**fields)
 
 
 def _record(info: RunInfo) -> tuple[Any, ...]:

@@ -1,6 +1,6 @@
 """The file: its schema, versions and migrations, opening it, and refusing files that are not a run history.
 
-What it keeps (schema version 2; ``meta.schema_version`` says which):
+What it keeps (schema version 3; ``meta.schema_version`` says which):
 
 - ``runs``: one record per run — the ``RunInfo`` fields plus its owner (host,
   pid, process start identity, pid namespace, and the token of its cancel
@@ -9,7 +9,11 @@ What it keeps (schema version 2; ``meta.schema_version`` says which):
   the newest;
 - ``events``: every event of every run, a stretch of a run's events per row
   (``_layout.py`` describes the layout);
-- ``cancel_requests``: cancels asked for by other processes, and their answers.
+- ``cancel_requests``: cancels asked for by other processes, and their answers;
+- (version 3) the run queue's columns of ``runs``: ``queued`` runs keep their
+  ``input`` and ``run_timeout`` for a worker; until one claims it a queued run's
+  owner is nobody (``owner_pid`` 0); ``attempt`` counts resumes; ``unresumable``
+  names completed steps whose output is not JSON (``_queue.py``).
 
 **Durability.** WAL with ``synchronous=NORMAL``: a committed run survives the
 crash or ``kill -9`` of any process; a power loss can lose the last commits.
@@ -54,7 +58,7 @@ __all__ = [
 ]
 
 #: The version of the layout this threadflow writes; older files are migrated, newer ones refused.
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 ACTIVE: Final = tuple(s.value for s in RunStatus if not s.is_terminal)
 ACTIVE_SQL: Final = ", ".join(f"'{s}'" for s in ACTIVE)
@@ -82,8 +86,17 @@ _RUNS_TABLE: Final = """CREATE TABLE runs (
         owner_pid INTEGER NOT NULL,
         owner_start TEXT NOT NULL,
         owner_ns TEXT NOT NULL DEFAULT '',
-        owner_inbox TEXT NOT NULL DEFAULT ''
+        owner_inbox TEXT NOT NULL DEFAULT '',
+        queued INTEGER NOT NULL DEFAULT 0,
+        input TEXT,
+        run_timeout REAL,
+        attempt INTEGER NOT NULL DEFAULT 1,
+        unresumable TEXT
     )"""
+#: Version 3's queue (``_queue.py``): pending queued runs no worker has claimed (owner_pid 0), oldest first.
+_QUEUE_INDEX: Final = (
+    "CREATE INDEX runs_queue ON runs (created_at) WHERE status = 'pending' AND queued AND owner_pid = 0"
+)
 _RUNS_INDEXES: Final = (
     "CREATE INDEX runs_by_id ON runs (run_id)",
     # a run id is used by at most one active run (a finished run's id may be used again)
@@ -91,6 +104,7 @@ _RUNS_INDEXES: Final = (
     "CREATE INDEX runs_by_created ON runs (created_at)",
     "CREATE INDEX runs_by_status ON runs (status, created_at)",
     "CREATE INDEX runs_by_workflow ON runs (workflow_id, created_at)",
+    _QUEUE_INDEX,
 )
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
@@ -133,8 +147,23 @@ def _to_version_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE cancel_requests ADD COLUMN owner_ns TEXT NOT NULL DEFAULT ''")
 
 
+def _to_version_3(conn: sqlite3.Connection) -> None:
+    """The run queue: a run may be queued (its input kept for a worker), resumed (``attempt``), unresumable."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(runs)")}
+    for column in (
+        "queued INTEGER NOT NULL DEFAULT 0",
+        "input TEXT",
+        "run_timeout REAL",
+        "attempt INTEGER NOT NULL DEFAULT 1",
+        "unresumable TEXT",
+    ):
+        if column.split()[0] not in have:  # a version-1 file got them from version 2's new table
+            conn.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+    conn.execute(_QUEUE_INDEX.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
+
+
 #: Upgrades from version ``n - 1`` to ``n``, applied in order inside one transaction.
-_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {2: _to_version_2}
+_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {2: _to_version_2, 3: _to_version_3}
 
 
 class transaction:
