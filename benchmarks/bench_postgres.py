@@ -1,4 +1,4 @@
-"""Scale-out benchmarks (issue 12): PostgresStore, the run queue and cross-host cancel, beside bare floors.
+"""Scale-out benchmarks: PostgresStore, the run queue and cross-host cancel, beside bare floors.
 
 Every figure is printed beside a floor measured in the same run on the same server:
 
