@@ -6,6 +6,7 @@ with the reason, when the fix is not local).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from threadflow import Workflow
+from threadflow import RunStatus, Workflow
 from threadflow.events import WorkflowCompletedEvent, parse_event
 from threadflow.server import create_app, running_server
 
@@ -76,3 +77,19 @@ def test_an_unserialisable_unprintable_output_never_cuts_the_stream_or_its_repla
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
         assert isinstance(events[-1], WorkflowCompletedEvent)
         assert events[-1].content is not None
+
+
+def test_debug_mode_logs_an_output_that_contains_itself_without_failing_the_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # debug_mode's event logger dumped every event as JSON unguarded: a cycle in a step's
+    # output raised inside the sink, so the run crashed and run() raised.
+    def cycle(step_input: Any) -> Any:
+        loop: list[Any] = [1]
+        loop.append(loop)
+        return loop
+
+    with caplog.at_level(logging.DEBUG, logger="threadflow.events"):
+        output = Workflow("debug-cycle", steps=[cycle], debug_mode=True).run(None)
+    assert output.status is RunStatus.completed
+    assert any("workflow_completed" in record.getMessage() for record in caplog.records)
