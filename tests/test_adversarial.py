@@ -6,14 +6,16 @@ with the reason, when the fix is not local).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+import threadflow
 from threadflow import RunStatus, Workflow
 from threadflow.events import WorkflowCompletedEvent, parse_event
 from threadflow.server import create_app, running_server
@@ -93,3 +95,49 @@ def test_debug_mode_logs_an_output_that_contains_itself_without_failing_the_run(
         output = Workflow("debug-cycle", steps=[cycle], debug_mode=True).run(None)
     assert output.status is RunStatus.completed
     assert any("workflow_completed" in record.getMessage() for record in caplog.records)
+
+
+# -- Ctrl+C inside an async step --------------------------------------------------------------
+
+
+def _ctrl_c_soon() -> None:
+    """What Ctrl+C does to a thread inside an event loop: KeyboardInterrupt out of the loop, task suspended."""
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    asyncio.get_running_loop().call_soon(interrupt)
+
+
+async def _awaits_then_cleans_up(cleaned: list[str]) -> None:
+    try:
+        _ctrl_c_soon()
+        await asyncio.Event().wait()  # never set: only the interrupt ends this
+    finally:
+        await asyncio.sleep(0)  # cleanup that awaits (closing a client, say)
+        cleaned.append("finally")
+
+
+@pytest.mark.parametrize("kind", ["coroutine", "async generator"])
+def test_ctrl_c_at_an_await_runs_the_async_steps_cleanup_on_its_loop(kind: str) -> None:
+    # The step's task was left pending on the run's loop, which was then closed: asyncio logged
+    # "Task was destroyed but it is pending!", and the step's finally ran only when the
+    # collector got to it, outside any loop, where its await could not run.
+    cleaned: list[str] = []
+
+    async def coroutine(_: object) -> None:
+        await _awaits_then_cleans_up(cleaned)
+
+    async def generator(_: object) -> AsyncIterator[str]:
+        yield "a"
+        await _awaits_then_cleans_up(cleaned)
+        yield "never"
+
+    step = coroutine if kind == "coroutine" else generator
+    run_id = f"async-ctrl-c-{uuid.uuid4().hex}"
+    with pytest.raises(KeyboardInterrupt):
+        Workflow("async ctrl c", steps=[step]).run(run_id=run_id)
+    assert cleaned == ["finally"], "the step's cleanup did not run before run() raised"
+    info = threadflow.get_run(run_id)
+    assert info is not None
+    assert (info.status, info.cause) == (RunStatus.cancelled, threadflow.CancelCause.shutdown)

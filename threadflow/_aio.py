@@ -100,6 +100,8 @@ class AsyncSteps:
         finally:
             if cancellable:
                 REGISTRY.remove_callback(self._state, delivery.request)
+            if not task.done():  # Ctrl+C (or SystemExit) escaped the loop while the step was at an await
+                _unwind(loop, task)
 
     def close(self) -> None:
         """Finish the loop's async generators and executor threads, then close it. Idempotent."""
@@ -218,6 +220,17 @@ class _Delivery:
             return
         self.delivered = True
         task.cancel()
+
+
+def _unwind(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Cancel a task left suspended by an exception out of the loop, and run its cleanup to the end.
+
+    Left as it is, the task would be destroyed pending with the loop: its
+    ``finally`` run by the garbage collector, outside the loop, where it
+    cannot ``await``.
+    """
+    task.cancel()
+    _run_until_complete(loop, asyncio.gather(task, return_exceptions=True))
 
 
 def _run_until_complete(loop: asyncio.AbstractEventLoop, task: Awaitable[T]) -> T:
