@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 import threadflow
-from threadflow import RunStatus, Workflow
+from threadflow import RunStatus, Step, Workflow, _runner, _timer, get_context
 from threadflow.events import WorkflowCompletedEvent, parse_event
 from threadflow.server import create_app, running_server
 
@@ -141,3 +142,62 @@ def test_ctrl_c_at_an_await_runs_the_async_steps_cleanup_on_its_loop(kind: str) 
     info = threadflow.get_run(run_id)
     assert info is not None
     assert (info.status, info.cause) == (RunStatus.cancelled, threadflow.CancelCause.shutdown)
+
+
+# -- at the process's thread limit ----------------------------------------------------------------
+
+
+def _refuse_threads_named(monkeypatch: pytest.MonkeyPatch, name: str, times: int) -> None:
+    """``Thread.start`` raises as at the process's thread limit, for the first ``times`` threads called ``name``."""
+    real_start = threading.Thread.start
+    left = [times]
+
+    def start(thread: threading.Thread) -> None:
+        if thread.name == name and left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+
+def test_a_timeout_whose_on_cancel_thread_cannot_start_still_cancels_the_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The timer accepted the cancel, then failed to start the thread for the on_cancel callbacks:
+    # they never ran (an async step blocked at an await was never cancelled, the run hung) and
+    # every later cancel() waited for ever on callbacks that nobody was running.
+    _refuse_threads_named(monkeypatch, "threadflow-on-cancel", times=1)
+
+    async def blocked(_: object) -> None:
+        await asyncio.Event().wait()
+
+    handle = Workflow("no threads", steps=[Step("blocked", executor=blocked, timeout=0.01)]).run(background=True)
+    assert handle.wait(WAIT), "the timed-out run never ended"
+    assert handle.cancel() is False
+    output = handle.result(0)
+    assert (output.status, output.cause) == (RunStatus.cancelled, threadflow.CancelCause.timeout)
+
+
+def test_a_timer_thread_that_could_not_start_does_not_disable_every_later_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # _arm recorded the timer thread before starting it; when start() failed the process kept a
+    # thread that never ran, and no deadline fired again (only noticed when a step returned).
+    timer = _timer._Timer()  # a fresh one, whose thread has not started yet; it exits by itself once idle
+    for module in (_timer, _runner, threadflow.context):
+        monkeypatch.setattr(module, "TIMER", timer)
+    _refuse_threads_named(monkeypatch, "threadflow-timer", times=1)
+    woken_by_cancel: list[bool] = []
+
+    def blocked(_: object) -> None:
+        released = threading.Event()
+        get_context().on_cancel(released.set)
+        woken_by_cancel.append(released.wait(WAIT))
+
+    wf = Workflow("no timer", steps=[Step("blocked", executor=blocked, timeout=0.01)])
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        wf.run()  # this run's deadline cannot be enforced: it fails rather than run unbounded
+    output = wf.run()
+    assert (output.status, output.cause) == (RunStatus.cancelled, threadflow.CancelCause.timeout)
+    assert woken_by_cancel[-1], "the deadline did not fire while the step was blocked"
