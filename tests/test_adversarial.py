@@ -201,3 +201,18 @@ def test_a_timer_thread_that_could_not_start_does_not_disable_every_later_timeou
     output = wf.run()
     assert (output.status, output.cause) == (RunStatus.cancelled, threadflow.CancelCause.timeout)
     assert woken_by_cancel[-1], "the deadline did not fire while the step was blocked"
+
+
+def test_a_background_run_whose_worker_cannot_start_is_not_left_queued_for_ever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # submit() took a worker slot, queued the run, then Thread.start() raised: the run stayed
+    # registered and queued with no worker, and the slot was never given back, so once
+    # max_concurrent_runs starts had failed, no background run of the workflow ever ran again.
+    wf = Workflow("no workers", steps=[lambda _: "done"], max_concurrent_runs=1)
+    _refuse_threads_named(monkeypatch, f"threadflow-worker-{wf.id}", times=1)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        wf.run(run_id="never-started", background=True)
+    info = threadflow.get_run("never-started")
+    assert info is not None and info.status is RunStatus.cancelled, "the run was left queued"
+    assert wf.run(background=True).result(WAIT).content == "done", "the worker slot was lost"
