@@ -336,3 +336,19 @@ def test_a_closed_sqlite_store_is_not_written_to_by_a_run_still_active_on_it(tmp
         release.set()
         handle.wait(WAIT)
     assert os.listdir(tmp_path) == [], "the closed store's file was written again"
+
+
+# -- HTTP -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("header", ["9" * 5000, "0" * 5000 + "1", "1" + "0" * 19])
+def test_a_last_event_id_of_thousands_of_digits_is_ignored_not_a_500(server: str, header: str) -> None:
+    # The header was checked with int(text) <= 2**63 - 1: past 4300 digits Python's int() raises
+    # ValueError, so the server answered 500 (a reset connection) instead of ignoring the value.
+    run_id = f"lei-{uuid.uuid4().hex}"
+    with httpx.Client(base_url=server, timeout=WAIT) as http:
+        http.post("/workflows/unprintable/runs", json={"stream": True, "run_id": run_id})
+        replayed = http.get(f"/workflows/unprintable/runs/{run_id}/events", headers={"Last-Event-ID": header})
+    assert replayed.status_code == 200
+    expected_first = 2 if header.endswith("1") and header.startswith("0") else 1
+    assert _data(replayed.text)[0].seq == expected_first
