@@ -12,6 +12,7 @@ import linecache
 import logging
 import os
 import sys
+import time
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,7 +28,8 @@ from threadflow import RunStatus, Step, Workflow, _aio, _runner, _timer, get_con
 from threadflow._registry import REGISTRY
 from threadflow.events import WorkflowCompletedEvent, parse_event
 from threadflow.server import create_app, running_server
-from threadflow.storage import SqliteStore
+from threadflow.status import RunInfo
+from threadflow.storage import MemoryStore, SqliteStore
 
 WAIT = 10.0
 
@@ -352,3 +354,25 @@ def test_a_last_event_id_of_thousands_of_digits_is_ignored_not_a_500(server: str
     assert replayed.status_code == 200
     expected_first = 2 if header.endswith("1") and header.startswith("0") else 1
     assert _data(replayed.text)[0].seq == expected_first
+
+
+# -- RunHandle --------------------------------------------------------------------------------------
+
+
+class _SlowDiskStore(MemoryStore):
+    """Records a run's end as a disk would: it takes a moment (a SqliteStore waits for the commit)."""
+
+    def run_ended(self, info: RunInfo) -> None:
+        time.sleep(0.2)  # inside the code under test: the window between the terminal event and the run's end
+        super().run_ended(info)
+
+
+def test_when_a_handles_events_end_the_handle_is_done() -> None:
+    # events() ended at the terminal event, which is logged before the run has finished ending
+    # (its store write, leaving the registry): right after the loop, done() was False and
+    # result(timeout=0) raised TimeoutError. With a SqliteStore that was most runs.
+    handle = Workflow("slow end", steps=[lambda _: "x"], store=_SlowDiskStore()).run(background=True)
+    events = list(handle.events())
+    assert events[-1].terminal
+    assert handle.done(), "the events ended before the run did"
+    assert handle.result(timeout=0).content == "x"
