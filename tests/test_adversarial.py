@@ -12,8 +12,8 @@ import linecache
 import logging
 import os
 import sys
-import time
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path

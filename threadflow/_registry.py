@@ -262,9 +262,8 @@ class Registry:
         if running is not None:  # another thread is running the callbacks
             running[0].wait()
             return True
-        if callbacks:
-            if not (callbacks_elsewhere and _run_detached(state, callbacks)):
-                _run_callbacks(state, callbacks)
+        if callbacks and not (callbacks_elsewhere and _run_detached(state, callbacks)):
+            _run_callbacks(state, callbacks)
         return True
 
     def add_callback(self, state: RunState, callback: Callable[[], object]) -> None:
