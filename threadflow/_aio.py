@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import logging
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
@@ -38,6 +39,8 @@ from .exceptions import CancellationError
 __all__ = ["AsyncSteps", "is_async"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("threadflow")
 
 _UNSHIELD = unshield_hook_var()
 
@@ -83,23 +86,28 @@ class AsyncSteps:
         Raises ``CancellationError`` when the task ended cancelled by the run's
         cancel, and ``RuntimeError`` when something else cancelled it.
         """
-        loop = self._loop or self._open()
-        context = contextvars.copy_context()
-        delivery = _Delivery(self._state, loop)
-        context.run(_UNSHIELD.set, delivery.land if cancellable else None)
-        task = asyncio.Task(coro, loop=loop, context=context)  # not through the factory: not "spawned"
-        delivery.task = task
-        if cancellable:
-            REGISTRY.add_callback(self._state, delivery.request)
-        try:
+        task: asyncio.Task[T] | None = None
+        try:  # whatever interrupts this, the coroutine is neither left unawaited nor its task unowned
+            loop = self._loop or self._open()
+            context = contextvars.copy_context()
+            delivery = _Delivery(self._state, loop)
+            context.run(_UNSHIELD.set, delivery.land if cancellable else None)
+            task = asyncio.Task(coro, loop=loop, context=context)  # not through the factory: not "spawned"
+            delivery.task = task
+            if cancellable:
+                REGISTRY.add_callback(self._state, delivery.request)
             return _run_until_complete(loop, task)
         except asyncio.CancelledError as error:
             if self._state.cancel_requested:
                 raise cancellation_error(self._state) from None
             raise RuntimeError(f"step {step_name!r} was cancelled by asyncio, not by its run") from error
         finally:
-            if cancellable:
+            if task is not None and cancellable:
                 REGISTRY.remove_callback(self._state, delivery.request)
+            if task is None:  # interrupted before the task took it: closed, never "never awaited"
+                coro.close()
+            elif not task.done():  # Ctrl+C (or SystemExit) escaped the loop mid-task
+                _unwind(loop, task)
 
     def close(self) -> None:
         """Finish the loop's async generators and executor threads, then close it. Idempotent."""
@@ -156,11 +164,22 @@ class AsyncSteps:
                     chunk = self.run(step_name, _athrow(agen), cancellable=False)
                 else:
                     chunk = self.run(step_name, _anext(agen))
-        finally:
+        except BaseException:
+            self._close_agen(step_name, agen, quiet=True)  # must not replace what is propagating
+            raise
+        self._close_agen(step_name, agen)
+
+    def _close_agen(self, step_name: str, agen: Any, *, quiet: bool = False) -> None:
+        """``aclose()`` the step's async generator and reap its tasks; ``quiet``: log what that raises."""
+        try:
             try:
                 self.run(step_name, _await(agen.aclose()), cancellable=False)
             finally:
                 self._reap()
+        except Exception:
+            if not quiet:
+                raise
+            logger.debug("threadflow: closing async generator step %r raised", step_name, exc_info=True)
 
 
 async def _shut_down(loop: asyncio.AbstractEventLoop) -> None:
@@ -218,6 +237,17 @@ class _Delivery:
             return
         self.delivered = True
         task.cancel()
+
+
+def _unwind(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any]) -> None:
+    """Cancel a task left suspended by an exception out of the loop, and run its cleanup to the end.
+
+    Left as it is, the task would be destroyed pending with the loop: its
+    ``finally`` run by the garbage collector, outside the loop, where it
+    cannot ``await``.
+    """
+    task.cancel()
+    _run_until_complete(loop, asyncio.gather(task, return_exceptions=True))
 
 
 def _run_until_complete(loop: asyncio.AbstractEventLoop, task: Awaitable[T]) -> T:

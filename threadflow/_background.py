@@ -59,7 +59,24 @@ class WorkerPool:
         # Registered after queueing: a cancel accepted before this line calls it at once.
         REGISTRY.add_callback(handle._state, lambda: self._cancel_queued(handle))
         if start:
+            self._start_worker()
+
+    def _start_worker(self) -> None:
+        """Start a worker for the slot just taken; if no thread can start, give the slot back.
+
+        Runs left queued with no worker at all would never run: they are
+        cancelled (cause ``shutdown``, which takes them out of the queue and
+        records them) and the ``RuntimeError`` propagates.
+        """
+        try:
             threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{self.name}", daemon=True).start()
+        except RuntimeError:  # the process is at its thread limit
+            with self._lock:
+                self._workers -= 1
+                orphans = list(self._queue) if self._workers == 0 else []
+            for handle in orphans:
+                REGISTRY.cancel(handle._state, "no thread could be started to run it", CancelCause.shutdown)
+            raise
 
     def _cancel_queued(self, handle: RunHandle) -> None:
         with self._lock:
@@ -86,7 +103,7 @@ class WorkerPool:
                 if restart:
                     self._workers += 1
             if restart:
-                threading.Thread(target=self._work, name=f"{WORKER_THREAD_PREFIX}{self.name}", daemon=True).start()
+                self._start_worker()
 
     @property
     def queued(self) -> int:

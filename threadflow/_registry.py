@@ -267,13 +267,8 @@ class Registry:
         if running is not None:  # another thread is running the callbacks
             running[0].wait()
             return True
-        if callbacks:
-            if callbacks_elsewhere:
-                threading.Thread(
-                    target=_run_callbacks_detached, args=(state, callbacks), name="threadflow-on-cancel", daemon=True
-                ).start()
-            else:
-                _run_callbacks(state, callbacks)
+        if callbacks and not (callbacks_elsewhere and _run_detached(state, callbacks)):
+            _run_callbacks(state, callbacks)
         return True
 
     def add_callback(self, state: RunState, callback: Callable[[], object]) -> None:
@@ -332,6 +327,23 @@ def _run_callbacks(state: RunState, callbacks: Sequence[Callable[[], object]]) -
         state.callbacks_running = None
         if running is not None:
             running[0].set()
+
+
+def _run_detached(state: RunState, callbacks: Sequence[Callable[[], object]]) -> bool:
+    """Start a thread running the callbacks; False if none can start (the process is at its thread limit).
+
+    Then the caller runs them itself: late for other runs, but never lost —
+    the cancel is already accepted, and every later cancel waits for them.
+    """
+    thread = threading.Thread(
+        target=_run_callbacks_detached, args=(state, callbacks), name="threadflow-on-cancel", daemon=True
+    )
+    try:
+        thread.start()
+    except RuntimeError:
+        logger.warning("threadflow: no thread for the on_cancel callbacks of run %s; running them here", state.run_id)
+        return False
+    return True
 
 
 def _run_callbacks_detached(state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:

@@ -128,8 +128,11 @@ class _Timer:
         entry = (now + budget.left, self._counter, budget.generation, budget)
         heapq.heappush(self._heap, entry)
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="threadflow-timer", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._loop, name="threadflow-timer", daemon=True)
+            # Recorded once started: a start() that fails (the process's thread limit) must not leave
+            # a thread that never runs standing in for the timer, silencing every later deadline.
+            thread.start()
+            self._thread = thread
         elif self._heap[0] is entry:
             self._cond.notify()
 

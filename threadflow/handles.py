@@ -248,8 +248,16 @@ class RunHandle:
         return failure.error
 
     def events(self, after_seq: int = 0) -> Iterator[Event]:
-        """The run's events after ``after_seq``: what was emitted so far, then live ones, to the end."""
-        return self._log.follow(check_count("after_seq", after_seq))
+        """The run's events after ``after_seq``: what was emitted so far, then live ones, to the end.
+
+        The iteration ends once the run has ended (``done()``), not merely its
+        terminal event logged: the run's end is still being recorded then.
+        """
+        return self._follow(check_count("after_seq", after_seq))
+
+    def _follow(self, after_seq: int) -> Iterator[Event]:
+        yield from self._log.follow(after_seq)
+        self._done.wait()
 
     def aevents(self, after_seq: int = 0) -> AsyncGenerator[Event, None]:
         """``events()`` for asyncio: ``async for ev in handle.aevents()`` never blocks the event loop.

@@ -64,10 +64,17 @@ def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEven
         if inner is not None:
             inner(event)
         if _event_logger.isEnabledFor(logging.DEBUG):
-            # repr() for content JSON cannot hold: logging must never fail a run
-            _event_logger.debug("%s", event.model_dump_json(fallback=safe_repr))
+            _event_logger.debug("%s", _event_text(event))
 
     return log_event
+
+
+def _event_text(event: BaseEvent) -> str:
+    """The event's JSON for the log; its ``repr`` when content defeats JSON (logging never fails a run)."""
+    try:
+        return event.model_dump_json(fallback=safe_repr)  # repr() for content JSON cannot hold
+    except Exception:  # noqa: BLE001 — e.g. content that contains itself
+        return safe_repr(event)
 
 
 def _check_timeout(run_timeout: object) -> float | None:

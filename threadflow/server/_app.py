@@ -63,9 +63,13 @@ class _RecentRuns:
 def last_event_id(header: str | None) -> int:
     """The seq a ``Last-Event-ID`` header names, or 0 for one that names none (see ``_LAST_EVENT_ID_DOC``)."""
     text = (header or "").strip()
-    if text.isascii() and text.isdigit() and int(text) <= _MAX_SEQ:
-        return int(text)
-    return 0
+    if not (text.isascii() and text.isdigit()):
+        return 0
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(_MAX_SEQ)):  # before int(): past 4300 digits int() raises ValueError
+        return 0
+    seq = int(digits)
+    return seq if seq <= _MAX_SEQ else 0
 
 
 class _Api:

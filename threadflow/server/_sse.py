@@ -39,14 +39,29 @@ def event_json(event: BaseEvent) -> str:
     """The event's own JSON (the events' wire format), whatever a step put in it.
 
     Content JSON cannot carry as-is still goes out: an unknown type as its
-    ``repr``, a lone surrogate as U+FFFD (``parse_event`` refuses ``\\ud800``).
+    ``repr`` (a placeholder naming its type if that raises), content that
+    contains itself as its ``repr``, a lone surrogate as U+FFFD (``parse_event``
+    refuses ``\\ud800``). Never raises: a step's output must not cut a stream.
     """
     try:
         return event.model_dump_json()
-    except PydanticSerializationError:
-        fields = {name: getattr(event, name) for name in type(event).model_fields}
-        text = json.dumps(fields, ensure_ascii=False, default=repr, separators=(",", ":"))
-        return _SURROGATE.sub("\ufffd", text)
+    except (PydanticSerializationError, ValueError):  # ValueError: content that contains itself
+        pass
+    fields = {name: getattr(event, name) for name in type(event).model_fields}
+    try:
+        text = json.dumps(fields, ensure_ascii=False, default=_safe_repr, separators=(",", ":"))
+    except ValueError:  # content that contains itself: sent as its repr, which marks the cycle
+        fields["content"] = _safe_repr(fields.get("content"))
+        text = json.dumps(fields, ensure_ascii=False, default=_safe_repr, separators=(",", ":"))
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _safe_repr(value: object) -> str:
+    """``repr(value)``; a placeholder naming its type when user code's ``__repr__`` raises."""
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 — serialising must never cut a stream
+        return f"<unprintable {type(value).__qualname__} object>"
 
 
 def _message(event: BaseEvent) -> str:
