@@ -7,11 +7,12 @@ sleeps are ``ctx.sleep`` calls inside the steps under test.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from queue import SimpleQueue
 from typing import Any
@@ -415,6 +416,54 @@ def test_a_background_run_with_branches_cancels_from_its_handle() -> None:
     assert handle.wait(WAIT) and handle.status is RunStatus.cancelled
     well_formed(list(handle.events()))
     assert branches.all_exited()
+
+
+def test_a_branch_ending_keeps_its_siblings_on_cancel_callbacks() -> None:
+    branches = Branches(1)
+    branches.started = threading.Barrier(2, timeout=WAIT)
+    quick_done = threading.Event()
+
+    def quick(si: StepInput) -> str:
+        get_context().on_cancel(lambda: branches.note(branches.callbacks, "quick"))  # dropped when it ends
+        return "done"
+
+    wf = Workflow("keep", steps=[Parallel(branches.sleeper("slow"), Step("quick", executor=quick), name="fan")])
+    stream = wf.run(stream=True)
+    for event in stream:
+        if event.event == "step_completed" and event.step_path == "fan/quick":  # type: ignore[attr-defined]
+            quick_done.set()
+            branches.started.wait()
+            assert wf.cancel_run(stream.run_id)
+    assert quick_done.is_set() and branches.callbacks == ["slow"] and branches.cleaned == ["slow"]
+
+
+def test_async_branches_are_cancelled_at_their_await() -> None:
+    started = threading.Barrier(3, timeout=WAIT)
+    log: list[str] = []
+
+    async def waiter(si: StepInput) -> None:
+        started.wait()  # blocks this branch's own loop only: each branch has its own
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            log.append("waiter")
+            raise
+
+    async def streamer(si: StepInput) -> AsyncIterator[str]:
+        try:
+            yield "first"
+            started.wait()
+            while True:
+                yield "more"
+                await asyncio.sleep(0)
+        finally:
+            log.append("streamer")
+
+    handle = Workflow("async", steps=[Parallel(waiter, streamer, name="fan")]).run(background=True)
+    started.wait()
+    assert handle.cancel("stop")
+    assert handle.wait(WAIT) and handle.status is RunStatus.cancelled
+    assert sorted(log) == ["streamer", "waiter"]
 
 
 # -- 4. a failing branch cancels its siblings ----------------------------------------------
