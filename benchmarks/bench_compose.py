@@ -166,7 +166,7 @@ def throughput(branches: int, tokens: int, repeats: int) -> None:
         return time.perf_counter() - start
 
     def bare() -> float:
-        queue: SimpleQueue[object] = SimpleQueue()
+        queue: SimpleQueue[RunContentEvent | None] = SimpleQueue()
         template = {"run_id": "r" * 36, "workflow_id": "w", "workflow_name": "w", "step_index": 0,
                     "agent_name": None, "content": "tok"}  # fmt: skip
 
@@ -180,11 +180,16 @@ def throughput(branches: int, tokens: int, repeats: int) -> None:
         threads = [threading.Thread(target=produce, args=(f"s{i}",)) for i in range(branches)]
         for thread in threads:
             thread.start()
-        done = 0
+        done = count = 0
         while done < branches:
-            done += queue.get() is None
+            event = queue.get()
+            if event is None:
+                done += 1
+            elif event.event == "run_content":  # the check the other consumer makes
+                count += 1
         for thread in threads:
             thread.join()
+        assert count == branches * tokens
         return time.perf_counter() - start
 
     total = branches * tokens

@@ -328,7 +328,7 @@ def test_a_cancel_mid_stream_throws_into_every_streaming_branch() -> None:
 
 
 def test_shield_is_per_branch() -> None:
-    shielded, release, sleeper_woke = threading.Event(), threading.Event(), threading.Event()
+    shielded, release, asleep, sleeper_woke = (threading.Event() for _ in range(4))
     record: list[str] = []
 
     def guarded(si: StepInput) -> None:
@@ -341,6 +341,7 @@ def test_shield_is_per_branch() -> None:
 
     def sleeper(si: StepInput) -> None:
         try:
+            asleep.set()
             get_context().sleep(60)  # not shielded: must wake while the sibling is still shielded
         except CancellationError:
             sleeper_woke.set()
@@ -348,7 +349,7 @@ def test_shield_is_per_branch() -> None:
 
     wf = Workflow("sh", steps=[Parallel(Step("guarded", executor=guarded), Step("sleeper", executor=sleeper))])
     handle = wf.run(background=True)
-    assert shielded.wait(WAIT)
+    assert shielded.wait(WAIT) and asleep.wait(WAIT)  # both started: a branch not started never will
     assert handle.cancel("now")
     assert sleeper_woke.wait(WAIT), "a shield in one branch held back the cancel of another"
     release.set()
@@ -533,10 +534,23 @@ def test_a_parallel_of_a_thousand_branches_runs_on_the_bounded_pool(pool_bound: 
             running[0] -= 1
         return 1
 
-    POOL.peak = POOL.threads
     out = Workflow("k", steps=[Parallel(*(Step(f"s{i}", executor=branch) for i in range(1000)))]).run()
     assert len(out.content) == 1000 and sum(out.content.values()) == 1000
-    assert most[0] <= 8 and POOL.peak <= 8
+    assert most[0] <= 8, f"{most[0]} branches ran at once"
+
+
+def test_a_branch_not_started_when_the_run_is_cancelled_never_starts(pool_bound: None) -> None:
+    set_max_branch_threads(1)
+    branches = Branches(1)
+    ran: list[str] = []
+    handle = Workflow("queue", steps=[Parallel(branches.sleeper("first"), Step("queued", executor=ran.append))]).run(
+        background=True
+    )
+    branches.started.wait()  # "first" holds the pool's only thread; "queued" waits for it
+    assert handle.cancel("stop")
+    assert handle.wait(WAIT) and handle.status is RunStatus.cancelled
+    assert ran == [] and branches.cleaned == ["first"]
+    assert "queued" not in {getattr(e, "step_name", None) for e in handle.events()}
 
 
 def test_nested_parallels_cannot_deadlock_a_small_pool(pool_bound: None) -> None:

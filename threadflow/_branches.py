@@ -31,6 +31,7 @@ from collections.abc import Generator, Iterable, Sequence
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
+from ._fastevents import renumber
 from ._registry import REGISTRY
 from .context import cancellation_error
 from .exceptions import CancellationError
@@ -57,8 +58,6 @@ class BranchPool:
         self._threads = 0
         self._idle = 0
         self.max_threads = max_threads
-        #: The most threads the pool has had at once (for tests and benchmarks).
-        self.peak = 0
 
     @property
     def threads(self) -> int:
@@ -70,7 +69,6 @@ class BranchPool:
             self._tasks.extend(tasks)
             wanted = min(len(self._tasks) - self._idle, self.max_threads - self._threads)
             self._threads += max(0, wanted)
-            self.peak = max(self.peak, self._threads)
             self._cond.notify(len(self._tasks))
         for _ in range(wanted):
             threading.Thread(target=self._work, name=BRANCH_THREAD_NAME, daemon=True).start()
@@ -83,16 +81,27 @@ class BranchPool:
                 return
             task.run_if_unclaimed()
 
+    def resize(self, max_threads: int) -> int:
+        """Set the bound; threads above it exit as soon as they are between branches. The old bound."""
+        with self._cond:
+            previous, self.max_threads = self.max_threads, max_threads
+            self._cond.notify_all()  # idle threads above the bound leave now
+        return previous
+
     def _next(self) -> _Branch | None:
         with self._cond:
-            while not self._tasks:
-                self._idle += 1
-                self._cond.wait(_IDLE_EXIT_SECONDS)
-                self._idle -= 1
-                if not self._tasks:
+            while True:
+                if self._threads > self.max_threads:  # the bound was lowered: this one goes
                     self._threads -= 1
                     return None
-            return self._tasks.popleft()
+                if self._tasks:
+                    return self._tasks.popleft()
+                self._idle += 1
+                woken = self._cond.wait(_IDLE_EXIT_SECONDS)
+                self._idle -= 1
+                if not woken and not self._tasks:
+                    self._threads -= 1
+                    return None
 
 
 POOL = BranchPool(int(os.environ.get("THREADFLOW_BRANCH_THREADS", "32") or 32))
@@ -151,15 +160,10 @@ class _Group:
         """Run one branch to its end in this thread; never raises."""
         lane = self.lane.branch(self.step_input, self.path)
         put = self.channel.put
-        gen = lane.child(branch.index, branch.step)
         try:
-            while True:
-                try:
-                    event = next(gen)
-                except StopIteration as stop:
-                    self.outputs[branch.step.name] = stop.value
-                    break
+            for event in lane.child(branch.index, branch.step):
                 put(event)
+            self.outputs[branch.step.name] = lane.content  # child() leaves the step's output there
         except CancellationError:
             pass  # the run's cancel (or a sibling's failure) stopped it: its cleanup has run
         except BaseException as error:  # noqa: BLE001 — the branch's failure: re-raised by the Parallel
@@ -197,14 +201,19 @@ class _Group:
 
     def drain(self, root: Runner) -> Generator[BaseEvent, None, None]:
         """Hand the branches' events on, in the consumer's thread, until the last branch has ended."""
-        get, forward = self.channel.get, root.forward
+        get, sink = self.channel.get, root.sink
         while True:
             item = get()
             if item is _WAKE:
                 if self.finished:
                     return
                 continue  # left by an earlier Parallel of the run
-            yield forward(item)
+            # Runner.forward, inlined: this loop carries every branch event of the run.
+            root.seq += 1
+            renumber(item, root.seq)
+            if sink is not None:
+                sink(item)
+            yield item
 
     def help_and_wait(self) -> None:
         """In a pool thread: run our own branches nobody has started, then wait for the rest."""

@@ -334,7 +334,7 @@ class Lane:
         self, steps: Sequence[Step], step_input: StepInput, path: str
     ) -> Generator[BaseEvent, None, dict[str, Any]]:
         """Run ``steps`` at once, one branch each (``threadflow._branches``); their outputs by name."""
-        return (yield from run_branches(self, steps, step_input, path))
+        return run_branches(self, steps, step_input, path)  # no generator layer of our own: every event passes here
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call user code (an evaluator, a selector) with this lane's context as the ambient one."""

@@ -114,7 +114,7 @@ class Parallel(Composite):
         super().__init__(steps, name, timeout=timeout)
 
     def drive(self, driver: Driver, step_input: StepInput, path: str) -> Generator[BaseEvent, None, Any]:
-        return (yield from driver.parallel(self.steps, step_input, path))
+        return driver.parallel(self.steps, step_input, path)  # not a generator layer: every branch event passes
 
 
 class Condition(Composite):
@@ -231,13 +231,12 @@ class WorkflowStep(Steps):
 def set_max_branch_threads(max_threads: int) -> int:
     """Bound the process-wide pool of branch threads (default 32); returns the previous bound.
 
-    Running branches keep their threads; the new bound applies as threads
-    start. Also settable with the environment variable
+    Running branches keep their threads; threads above a lowered bound exit
+    as soon as they are between branches. Also settable with the environment variable
     ``THREADFLOW_BRANCH_THREADS`` (read at import).
     """
     check_count("max_threads", max_threads, minimum=1)
-    previous, POOL.max_threads = POOL.max_threads, max_threads
-    return previous
+    return POOL.resize(max_threads)
 
 
 def _following(step_input: StepInput, content: Any) -> StepInput:
