@@ -581,6 +581,19 @@ def test_the_sqlite_log_and_the_cli_keep_branch_events(tmp_path: Path) -> None:
     assert "fan/a" in text and "fan/b" in text
 
 
+def test_the_http_stream_carries_branch_events_unchanged() -> None:
+    pytest.importorskip("fastapi")
+    from threadflow.client import Client
+    from threadflow.server import create_app, running_server
+
+    wf = Workflow("served", steps=[Parallel(const(1, "a"), Steps(const(2, "b"), name="inner"), name="fan")])
+    with running_server(create_app(wf)) as url, Client(url) as client, client.stream("served") as stream:
+        events = well_formed(list(stream))
+        replayed = list(client.events("served", events[0].run_id))
+    assert replayed == events
+    assert {"fan/a", "fan/inner/b"} <= set(paths(events))
+
+
 # -- 8. the race between a cancel and the last branch completing ---------------------------
 
 
