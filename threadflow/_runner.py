@@ -401,11 +401,12 @@ class Runner(Lane):
                 self._checkpoint()
                 self._step_index = index
                 self.state.step_name = self.ctx.step_name = step.name
-                yield self.emit(StepStartedEvent, **self._step_fields(step, index))
+                fields = {"step_name": step.name, "step_index": index, "step_path": step.name}
+                yield self.emit(StepStartedEvent, **fields)
                 content = yield from self._run_step(index, step)
                 self._checkpoint()  # handing step_completed over is a checkpoint too
                 self.outputs[step.name] = self.content = content
-                yield self.emit(StepCompletedEvent, content=content, **self._step_fields(step, index))
+                yield self.emit(StepCompletedEvent, content=content, **fields)
                 self._checkpoint()
             terminal = self._finish(RunStatus.completed)
         except CancellationError:

@@ -151,7 +151,8 @@ class RunContext:
         """The step ended: drop its ``on_cancel`` registrations (a branch drops only its own)."""
         owned = self._owned
         if owned is None:
-            REGISTRY.clear_callbacks(self._state)
+            if self._state.callbacks:  # most steps register none: no lock to take
+                REGISTRY.clear_callbacks(self._state)
         elif owned:
             REGISTRY.remove_callbacks(self._state, owned)
             owned.clear()
