@@ -169,8 +169,10 @@ class _Group:
         except BaseException as error:  # noqa: BLE001 — the branch's failure: re-raised by the Parallel
             self._fail(error)
         finally:
-            lane.aio.close()
-            self._ended()
+            try:
+                lane.aio.close()  # the branch's own event loop, if its async steps made one
+            finally:
+                self._ended()
 
     def _fail(self, error: BaseException) -> None:
         with self.cond:
