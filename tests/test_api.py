@@ -61,7 +61,7 @@ LAYERS = [
     {"_fastevents", "_validate", "_gcdefer", "_observe"},
     {"storage"},
     {"_registry", "_timer", "context", "_runlog", "_asyncbridge"},
-    {"retry", "agents", "steps", "models", "output", "testing", "_aio"},
+    {"retry", "agents", "steps", "models", "output", "testing", "_aio", "_branches", "compose"},
     {"_runner", "_abandon", "handles", "_queue"},
     {"_background", "workflow"},
     {"control", "telemetry", "_worker"},

@@ -12,6 +12,7 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 
 EXPECTED = {
+    "bench_compose.py": ["bare threads", "threadflow Parallel", "p99", "events per second"],
     "bench_core.py": ["baseline A", "baseline B", "bare loop", "p99", "registry 0"],
     "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],
     "bench_store.py": ["MemoryStore", "SqliteStore", "p99"],

@@ -30,10 +30,13 @@ TESTED = {
     "cleanup_and_shield.py",
     "cooperative_checks.py",
     "cross_process_cancel.py",  # run by test_cli_runs.py
+    "draft_review_loop.py",
     "http_cancel_stream.py",  # run by test_server_cookbook.py
     "http_polos_cancel.py",  # run by test_server_cookbook.py
     "on_cancel_unblock.py",
+    "parallel_research.py",
     "retry_backoff.py",
+    "router.py",
     "scale_out.py",  # run by test_postgres_hosts.py (needs a PostgreSQL server)
     "store_history.py",  # run by test_cli_runs.py
     "timeout_waits.py",
@@ -368,3 +371,35 @@ def test_async_steps(offline_env: dict[str, str]) -> None:
         "save_report: the cancel landed at the first await after the shield",
         "Status: cancelled",
     )
+
+
+# -- issue 10: composition -------------------------------------------------------
+
+
+def test_parallel_research_cancels_every_branch(offline_env: dict[str, str]) -> None:
+    out = run_script("parallel_research.py", offline_env)
+    assert_in_order(out, "step_started    fanout\n", "fanout/web", "fanout/papers", "fanout/news")
+    for source in ("web", "papers", "news"):
+        assert f"[{source}] on_cancel: aborting the request" in out
+        assert_in_order(out, f"run_cancelled   fanout/{source}", "workflow_cancelled", f"  {source}: closed its stream")
+    assert "workflow_cancelled (every branch had stopped: True)" in out
+    assert_in_order(
+        out,
+        "RESULTS",
+        "cancel_run returned: True",
+        "status: cancelled, cause: requested, reason: the user changed the question",
+    )
+    assert "did not clean up" not in out
+
+
+def test_router(offline_env: dict[str, str]) -> None:
+    out = lines(run_script("router.py", offline_env))
+    assert out[0].startswith("'What is 12 times 7?' -> route/math: About What is 12 times 7?")
+    assert out[1].startswith("'A haiku about autumn, please' -> route/writer: About")
+
+
+def test_draft_review_loop(offline_env: dict[str, str]) -> None:
+    out = run_script("draft_review_loop.py", offline_env)
+    paths = [line.split()[0] for line in lines(out) if line.startswith("review[")]
+    assert paths == [f"review[{i}]/{step}" for i in (1, 2, 3) for step in ("draft", "critique")]
+    assert "review[3]/critique APPROVED" in out and "done: workflow_completed, APPROVED" in out

@@ -4,6 +4,11 @@ from ._background import shutdown as shutdown
 from ._worker import Worker as Worker
 from .agents import Agent as Agent
 from .agents import Model as Model
+from .compose import Condition as Condition
+from .compose import Loop as Loop
+from .compose import Parallel as Parallel
+from .compose import Router as Router
+from .compose import Steps as Steps
 from .context import RunContext as RunContext
 from .context import get_context as get_context
 from .context import shield as shield
@@ -32,9 +37,13 @@ __all__ = [
     "Agent",
     "CancelCause",
     "CancellationError",
+    "Condition",
     "DuplicateRunError",
+    "Loop",
     "Model",
+    "Parallel",
     "RetryPolicy",
+    "Router",
     "RunContext",
     "RunEvent",
     "RunHandle",
@@ -43,6 +52,7 @@ __all__ = [
     "RunStream",
     "Step",
     "StepInput",
+    "Steps",
     "Worker",
     "Workflow",
     "WorkflowError",

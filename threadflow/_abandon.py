@@ -87,9 +87,8 @@ def abandon(runner: Runner) -> None:
 def _record_abandoned(runner: Runner, in_stream: bool) -> None:
     """Record the end; the events also go to ``runner.unsent``, for a consumer that comes back."""
     state, unsent = runner.state, runner.unsent
-    if in_stream:
-        step = runner.steps[runner._step_index]
-        run_fields = runner._step_fields(step, runner._step_index, agent=True)
+    if in_stream and runner._stream_fields is not None:
+        run_fields = runner._stream_fields
         unsent.append(runner.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields))
     if state.started_at is None:  # never iterated: the log still starts with workflow_started
         state.started_at = time.time()
@@ -104,7 +103,7 @@ def _drain(runner: Runner, gen: Generator[Any, None, Any]) -> None:
     while True:
         token = _CURRENT.set(runner.ctx)
         try:
-            if state.shield_depth:
+            if runner.ctx.shield_depth:
                 next(gen)  # its output is discarded: nobody is listening
             else:
                 throw_cancel(gen, state, thrown)

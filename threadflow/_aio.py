@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Coroutine, Generator
 from typing import Any, TypeVar
 
 from ._registry import REGISTRY, RunState
-from .context import cancellation_error, unshield_hook_var
+from .context import RunContext, cancellation_error, unshield_hook_var
 from .exceptions import CancellationError
 
 __all__ = ["AsyncSteps", "is_async"]
@@ -57,10 +57,11 @@ def is_async(result: object) -> bool:
 class AsyncSteps:
     """One run's private event loop: made on first use, reused, closed by ``close()``."""
 
-    __slots__ = ("_loop", "_spawned", "_state")
+    __slots__ = ("_ctx", "_loop", "_spawned", "_state")
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, ctx: RunContext) -> None:
         self._state = state
+        self._ctx = ctx  # whose shields hold the cancel back
         self._loop: asyncio.AbstractEventLoop | None = None
         # Tasks the steps' own code created (held, as asyncio asks, until the step ends).
         self._spawned: set[asyncio.Task[Any]] = set()
@@ -90,7 +91,7 @@ class AsyncSteps:
         try:  # whatever interrupts this, the coroutine is neither left unawaited nor its task unowned
             loop = self._loop or self._open()
             context = contextvars.copy_context()
-            delivery = _Delivery(self._state, loop)
+            delivery = _Delivery(self._ctx, loop)
             context.run(_UNSHIELD.set, delivery.land if cancellable else None)
             task = asyncio.Task(coro, loop=loop, context=context)  # not through the factory: not "spawned"
             delivery.task = task
@@ -215,10 +216,10 @@ async def _athrow(agen: Any) -> Any:
 class _Delivery:
     """Cancels one task for its run's cancel: at most once, never inside a shield."""
 
-    __slots__ = ("delivered", "loop", "state", "task")
+    __slots__ = ("ctx", "delivered", "loop", "task")
 
-    def __init__(self, state: RunState, loop: asyncio.AbstractEventLoop) -> None:
-        self.state = state
+    def __init__(self, ctx: RunContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctx = ctx
         self.loop = loop
         self.task: asyncio.Task[Any] | None = None
         self.delivered = False
@@ -233,7 +234,7 @@ class _Delivery:
     def land(self) -> None:
         """On the loop's thread (the shield's state is that thread's): cancel the task unless shielded."""
         task = self.task
-        if self.delivered or task is None or task.done() or self.state.shield_depth:
+        if self.delivered or task is None or task.done() or self.ctx.shield_depth:
             return
         self.delivered = True
         task.cancel()

@@ -36,7 +36,7 @@ from .events import (
 )
 from .status import RunInfo
 
-__all__ = ["VALIDATE_EVENTS", "EventValidationError", "make_event"]
+__all__ = ["VALIDATE_EVENTS", "EventValidationError", "make_event", "renumber"]
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -90,6 +90,17 @@ def _make_event_validated(cls: type[_M], fields: dict[str, Any]) -> _M:
     if _dump(fast) != _dump(checked):
         raise EventValidationError(f"{cls.__name__}: dumps {_dump(fast)}, validated dumps {_dump(checked)}")
     return fast
+
+
+def renumber(event: BaseModel, seq: int) -> None:
+    """Give an event made by a branch thread its place in the run's sequence.
+
+    Only for an event nobody else has seen yet: branch threads build events
+    with a provisional ``seq``; the consumer's thread numbers each one as it
+    takes it from the run's channel, so ``seq`` stays gap-free and in the
+    order the events happened.
+    """
+    event.__dict__["seq"] = seq
 
 
 def _compare_field(cls: type[BaseModel], name: str, built: object, validated: object) -> None:

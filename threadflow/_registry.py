@@ -55,10 +55,10 @@ class RunState:
         "ended_at",
         "error",
         "error_type",
+        "failing",
         "reason",
         "run_budget",
         "run_id",
-        "shield_depth",
         "started_at",
         "status",
         "step_budget",
@@ -94,7 +94,9 @@ class RunState:
         self.ended_at: float | None = None
         self.cancel_requested = False
         self._cancel_event: threading.Event | None = None  # made on first use: most runs never wait
-        self.shield_depth = 0
+        # True while a failing branch stops the rest of the run (``Registry.fail``): the checkpoints
+        # raise as for a cancel, but the run ends ``error`` unless a real cancel arrives meanwhile.
+        self.failing = False
         self.callbacks: list[Callable[[], object]] | None = []
         # [set when they have run, the thread running them] while a cancel runs the callbacks
         self.callbacks_running: list[Any] | None = None
@@ -116,11 +118,6 @@ class RunState:
                     if self.cancel_requested:
                         event.set()
         return event
-
-    @property
-    def delivers_cancel(self) -> bool:
-        """True when a checkpoint here must raise: cancel requested and not shielded."""
-        return self.cancel_requested and not self.shield_depth
 
     @property
     def effective_cause(self) -> CancelCause:
@@ -246,6 +243,9 @@ class Registry:
         with self.lock:
             if state.status not in ACTIVE_STATUSES:
                 return False
+            if state.failing:  # a failure is stopping the run: this cancel is accepted, and wins
+                state.failing = False
+                state.cause, state.reason, state.status = cause, reason, RunStatus.cancelling
             if state.cancel_requested:
                 running = state.callbacks_running
                 if running is None or running[1] == me or callbacks_elsewhere:
@@ -284,6 +284,37 @@ class Registry:
             if state.callbacks is not None and callback in state.callbacks:
                 state.callbacks.remove(callback)
 
+    def fail(self, state: RunState) -> bool:
+        """A branch failed: stop the rest of the run as a cancel would, without making it a cancel.
+
+        Every checkpoint of the run raises from now on and the ``on_cancel``
+        callbacks run (in this thread), so sibling branches stop and clean up;
+        the run still ends ``error``, unless a real cancel is accepted before
+        it ends (then ``cancelled``: rule 2). False if the run is already
+        stopping (cancelled, or failing), and nothing is done.
+        """
+        with self.lock:
+            if state.status not in ACTIVE_STATUSES or state.cancel_requested:
+                return False
+            state.cancel_requested = state.failing = True
+            callbacks, state.callbacks = state.callbacks, None
+            if state._cancel_event is not None:
+                state._cancel_event.set()
+            if callbacks:
+                state.callbacks_running = [threading.Event(), threading.get_ident()]
+        if callbacks:
+            _run_callbacks(state, callbacks)
+        return True
+
+    def remove_callbacks(self, state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:
+        """Drop the given registrations (a branch's, when its step ends); others stay."""
+        with self.lock:
+            mine = state.callbacks
+            if mine:
+                for callback in callbacks:
+                    if callback in mine:
+                        mine.remove(callback)
+
     def clear_callbacks(self, state: RunState) -> None:
         """Drop the callbacks registered by a step that has ended."""
         with self.lock:
@@ -300,7 +331,8 @@ class Registry:
         with self.lock:
             if state.status not in ACTIVE_STATUSES:
                 return state.status
-            final = RunStatus.cancelled if state.cancel_requested else wanted
+            # A failing branch stopped the run (``fail``), and no real cancel came: an error.
+            final = RunStatus.error if state.failing else RunStatus.cancelled if state.cancel_requested else wanted
             state.status = final
             state.ended_at = time.time()
             state.callbacks = None

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
+from queue import SimpleQueue
 from types import GeneratorType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _observe
 from ._abandon import abandon, crash, throw_cancel
 from ._aio import AsyncSteps, is_async
-from ._fastevents import make_event
+from ._branches import run_branches
+from ._fastevents import make_event, renumber
 from ._gcdefer import finish_soon
 from ._printable import safe_str
 from ._registry import REGISTRY, RunState
@@ -52,9 +54,10 @@ from .status import CancelCause, RunStatus
 from .steps import Step, StepInput
 
 if TYPE_CHECKING:
+    from .compose import Composite
     from .storage.base import RunStore
 
-__all__ = ["Runner", "StepFailed"]
+__all__ = ["Lane", "Runner", "StepFailed"]
 
 logger = logging.getLogger("threadflow")
 
@@ -80,50 +83,33 @@ class _StepRaised(Exception):
         self.error = error
 
 
-class Runner:
-    """Drives one run from ``workflow_started`` to its one terminal event."""
+class Lane:
+    """Executes steps and produces their events: the run's own lane, or one branch of a ``Parallel``.
 
-    def __init__(
-        self,
-        steps: tuple[Step, ...],
-        state: RunState,
-        run_input: Any,
-        *,
-        store: RunStore | None,
-        sink: EventSink | None = None,
-    ) -> None:
-        self.steps = steps
+    The run's lane is its ``Runner``, driven by the consumer. A branch lane
+    runs in a branch thread; the events it yields go to the run's channel,
+    where the consumer numbers and records them (``Runner.forward``). Each
+    lane has its own ``RunContext`` (shields are per branch) over the run's one
+    ``RunState`` (the cancel is per run).
+    """
+
+    def __init__(self, state: RunState, ctx: RunContext, run_input: Any, outputs: dict[str, Any]) -> None:
         self.state = state
+        self.ctx = ctx
         self.input = run_input
-        self.store = store
-        observer = _observe.OBSERVER
-        watch = observer.watch(state.run_id, state.workflow_id) if observer is not None else None
-        recorder = store.append if store is not None and store.records_events else None
-        sinks = [s for s in (recorder, sink, watch) if s]
-        self.sink: EventSink | None = _fan_out(sinks)
-        self.ctx = RunContext(state)
+        self.outputs = outputs
+        self.sink: EventSink | None = None
         self.seq = 0
-        self.outputs: dict[str, Any] = {}
         self.content: Any = None
-        self.failure: StepFailed | None = None
-        self.output: WorkflowRunOutput | None = None
-        # Events recorded after the consumer left (abandon): a consumer that comes back reads them.
-        self.unsent: list[BaseEvent] = []
-        # The streaming step now suspended at a yield, with its index and step.
+        # The streaming step now suspended at a yield, and its run_* event fields.
         self._step_gen: Generator[Any, None, Any] | None = None
-        self._step_index = -1
-        self.aio = AsyncSteps(state)  # the run's private event loop, made by its first async step
-        self._resumed: dict[str, Any] | None = None  # set by resume(): the workflow_resumed event's fields
-        self._first_step = 0
+        self._stream_fields: dict[str, Any] | None = None
+        self.aio = AsyncSteps(state, ctx)  # the lane's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
-
-    def __del__(self) -> None:
-        # The last safety net of "no leaks": a runner dropped while its run is still registered and
-        # active (an interrupt between registering the run and handing it to its caller, a generator
-        # that never started) finishes the run, at a safe point if a garbage collection dropped it.
-        state = self.state
-        if not state.status.is_terminal and REGISTRY.get(state.run_id) is state:
-            finish_soon(self.abandon)
+        #: "" for top-level steps; "fanout/" inside the composite step "fanout".
+        self.prefix = ""
+        #: The run's own lane, where branch events are numbered and recorded.
+        self.root: Runner = cast("Runner", self)
 
     # -- events -------------------------------------------------------------
 
@@ -139,67 +125,13 @@ class Runner:
         return event
 
     def _step_fields(self, step: Step, index: int, agent: bool = False) -> dict[str, Any]:
-        fields: dict[str, Any] = {"step_name": step.name, "step_index": index}
+        name = step.name
+        fields: dict[str, Any] = {"step_name": name, "step_index": index, "step_path": self.prefix + name}
         if agent:
             fields["agent_name"] = step.agent_name
         return fields
 
-    # -- the run ------------------------------------------------------------
-
-    def resume(self, outputs: dict[str, Any], *, last_seq: int, attempt: int, previous_owner: str | None) -> None:
-        """Continue a run another process began: before ``events()``, never after.
-
-        ``outputs`` are the logged outputs of its completed steps: the steps
-        from the first one missing there run (the one that was running starts
-        again); the run's first event is ``workflow_resumed`` and numbering
-        continues after ``last_seq``.
-        """
-        self.seq = last_seq
-        self._resumed = {"attempt": attempt, "previous_owner": previous_owner}
-        while self._first_step < len(self.steps) and self.steps[self._first_step].name in outputs:
-            name = self.steps[self._first_step].name
-            self.outputs[name] = self.content = outputs[name]
-            self._first_step += 1
-
-    def events(self) -> Generator[BaseEvent, None, None]:
-        """Run every step, yielding each event; ends with exactly one terminal event."""
-        try:
-            self._begin()
-            if self._resumed is None:
-                yield self.emit(WorkflowStartedEvent)
-            else:
-                yield self.emit(WorkflowResumedEvent, **self._resumed)
-            for index, step in enumerate(self.steps):
-                if index < self._first_step:
-                    continue  # completed before the run was resumed
-                self._checkpoint()
-                self._step_index = index
-                self.state.step_name = self.ctx.step_name = step.name
-                yield self.emit(StepStartedEvent, **self._step_fields(step, index))
-                content = yield from self._run_step(index, step)
-                self._checkpoint()  # handing step_completed over is a checkpoint too
-                self.outputs[step.name] = self.content = content
-                yield self.emit(StepCompletedEvent, content=content, **self._step_fields(step, index))
-                self._checkpoint()
-            terminal = self._finish(RunStatus.completed)
-        except CancellationError:
-            terminal = self._finish(RunStatus.cancelled)
-        except StepFailed as failed:
-            self.failure = failed
-            terminal = self._finish(RunStatus.error)
-        except GeneratorExit:
-            finish_soon(self.abandon)  # inside a garbage collection: later, at a safe point
-            raise
-        except BaseException as error:  # KeyboardInterrupt, SystemExit, a failing store
-            crash(self, error)
-            raise
-        yield terminal
-
-    def _begin(self) -> None:
-        state = self.state
-        state.started_at = _time()
-        REGISTRY.set_status(state, RunStatus.running)
-        TIMER.resume(state)
+    # -- steps ------------------------------------------------------------
 
     def _checkpoint(self) -> None:
         if self.state.cancel_requested:
@@ -216,7 +148,7 @@ class Runner:
             try:
                 content = yield from self._timed_attempt(index, step)
             except StepFailed as failed:
-                REGISTRY.clear_callbacks(self.state)
+                ctx.end_step()
                 delay = attempts.failed(failed.error) if attempts is not None else None
                 if attempts is None or delay is None:
                     raise
@@ -234,7 +166,7 @@ class Runner:
             else:
                 # on_cancel registrations last as long as the step; on a cancel
                 # they must still fire, so they are not dropped on that path.
-                REGISTRY.clear_callbacks(self.state)
+                ctx.end_step()
                 return content
 
     def _timed_attempt(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
@@ -248,11 +180,11 @@ class Runner:
         return self._attempt_with_deadline(index, step, step.timeout)
 
     def _attempt_with_deadline(self, index: int, step: Step, seconds: float) -> Generator[BaseEvent, None, Any]:
-        TIMER.start_step(self.state, seconds, step.name)
+        budget = TIMER.start_step(self.state, seconds, step.name, nested=bool(self.prefix))
         try:
             return (yield from self._attempt(index, step))
         finally:
-            TIMER.end_step(self.state)  # an attempt that overran is cancelled by now
+            TIMER.end_step(self.state, budget)  # an attempt that overran is cancelled by now
 
     def _in_step(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Call ``fn`` with the run's context as the ambient one."""
@@ -266,6 +198,8 @@ class Runner:
         step_input = StepInput(
             self.input, self.content, self.state.run_id, self.state.workflow_id, step.name, index, _outputs=self.outputs
         )
+        if step.composite:
+            return (yield from self._composite(step, step_input))
         try:
             result = self._in_step(step.start, step_input)
             if type(result) is not GeneratorType and is_async(result):  # an async step
@@ -286,6 +220,7 @@ class Runner:
         """Drive a streaming step, yielding one ``run_content`` per string it yields."""
         run_fields = self._step_fields(step, index, agent=True)
         self._step_gen = gen  # from here on, a consumer leaving must close it
+        self._stream_fields = run_fields
         yield self.emit(RunStartedEvent, **run_fields)
         state, ctx, sink, base = self.state, self.ctx, self.sink, self._base
         template = {**base, **run_fields}
@@ -295,7 +230,7 @@ class Runner:
             while True:
                 token = _CURRENT.set(ctx)
                 try:
-                    if state.cancel_requested and not state.shield_depth:
+                    if state.cancel_requested and not ctx.shield_depth:
                         chunk = throw_cancel(gen, state, thrown)
                         thrown += 1
                     else:
@@ -315,7 +250,7 @@ class Runner:
                             f"step {step.name!r} yielded {type(chunk).__name__}; a streaming step must yield str"
                         )
                     chunk = str.__str__(chunk)  # a str subclass is a string; the event holds a plain one
-                if state.cancel_requested and not state.shield_depth:
+                if state.cancel_requested and not ctx.shield_depth:
                     continue  # the checkpoint before handing it over: throw in at the top
                 chunks.append(chunk)
                 self.seq += 1
@@ -356,6 +291,168 @@ class Runner:
             self._in_step(gen.close)
         except Exception:
             logger.debug("threadflow: closing a step generator raised", exc_info=True)
+
+    # -- composite steps: the ``compose.Driver`` their ``drive`` is given ---
+
+    def _composite(self, step: Step, step_input: StepInput) -> Generator[BaseEvent, None, Any]:
+        """Run a composite step; its children's events carry ``step_path`` under its own."""
+        saved = self.prefix, self.input
+        try:
+            return (yield from cast("Composite", step).drive(self, step_input, self.prefix + step.name))
+        except (StepFailed, CancellationError):
+            raise
+        except Exception as error:  # its evaluator, selector or end condition raised
+            self._checkpoint()
+            raise StepFailed(step, error) from error
+        finally:
+            self.prefix, self.input = saved
+            self.ctx.step_name = step.name
+
+    def sequence(
+        self, steps: Sequence[Step], step_input: StepInput, path: str
+    ) -> Generator[BaseEvent, None, list[Any]]:
+        """Run ``steps`` in order as children at ``path``, each given the one before's output."""
+        self.input, self.content = step_input.input, step_input.previous_step_content
+        outputs = []
+        for index, step in enumerate(steps):
+            self.prefix = path + "/"  # a composite child restores it, but a failed one may not have
+            outputs.append((yield from self.child(index, step)))
+        return outputs
+
+    def child(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
+        """One child step with its ``step_started`` / ``step_completed``, as the top-level loop runs one."""
+        self._checkpoint()
+        self.ctx.step_name = step.name
+        fields = self._step_fields(step, index)
+        yield self.emit(StepStartedEvent, **fields)
+        content = yield from self._run_step(index, step)
+        self._checkpoint()
+        self.outputs[fields["step_path"]] = self.content = content
+        yield self.emit(StepCompletedEvent, content=content, **fields)
+        self._checkpoint()
+        return content
+
+    def parallel(
+        self, steps: Sequence[Step], step_input: StepInput, path: str
+    ) -> Generator[BaseEvent, None, dict[str, Any]]:
+        """Run ``steps`` at once, one branch each (``threadflow._branches``); their outputs by name."""
+        return run_branches(self, steps, step_input, path)  # no generator layer of our own: every event passes here
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call user code (an evaluator, a selector) with this lane's context as the ambient one."""
+        return self._in_step(fn, *args)
+
+    def branch(self, step_input: StepInput, path: str) -> Lane:
+        """A lane for one branch at ``path``: its own context, the run's state and outputs."""
+        lane = Lane(self.state, RunContext(self.state, branch=True), step_input.input, self.outputs)
+        lane.content = step_input.previous_step_content
+        lane.prefix = path + "/"
+        lane.root = self.root
+        return lane
+
+
+class Runner(Lane):
+    """Drives one run from ``workflow_started`` to its one terminal event."""
+
+    def __init__(
+        self,
+        steps: tuple[Step, ...],
+        state: RunState,
+        run_input: Any,
+        *,
+        store: RunStore | None,
+        sink: EventSink | None = None,
+    ) -> None:
+        super().__init__(state, RunContext(state), run_input, {})
+        self.steps = steps
+        self.store = store
+        observer = _observe.OBSERVER
+        watch = observer.watch(state.run_id, state.workflow_id) if observer is not None else None
+        recorder = store.append if store is not None and store.records_events else None
+        self.sink = _fan_out([s for s in (recorder, sink, watch) if s])
+        self.failure: StepFailed | None = None
+        self.output: WorkflowRunOutput | None = None
+        # Events recorded after the consumer left (abandon): a consumer that comes back reads them.
+        self.unsent: list[BaseEvent] = []
+        self._step_index = -1
+        #: Where branch threads put their events for the consumer; made by the run's first Parallel.
+        self.channel: SimpleQueue[Any] | None = None
+        self._resumed: dict[str, Any] | None = None  # set by resume(): the workflow_resumed event's fields
+        self._first_step = 0
+
+    def __del__(self) -> None:
+        # The last safety net of "no leaks": a runner dropped while its run is still registered and
+        # active (an interrupt between registering the run and handing it to its caller, a generator
+        # that never started) finishes the run, at a safe point if a garbage collection dropped it.
+        state = self.state
+        if not state.status.is_terminal and REGISTRY.get(state.run_id) is state:
+            finish_soon(self.abandon)
+
+    def forward(self, event: BaseEvent) -> BaseEvent:
+        """A branch's event, in the consumer's thread: number it in the run's sequence and record it."""
+        self.seq += 1
+        renumber(event, self.seq)
+        if self.sink is not None:
+            self.sink(event)
+        return event
+
+    # -- the run ------------------------------------------------------------
+
+    def resume(self, outputs: dict[str, Any], *, last_seq: int, attempt: int, previous_owner: str | None) -> None:
+        """Continue a run another process began: before ``events()``, never after.
+
+        ``outputs`` are the logged outputs of its completed steps: the steps
+        from the first one missing there run (the one that was running starts
+        again); the run's first event is ``workflow_resumed`` and numbering
+        continues after ``last_seq``.
+        """
+        self.seq = last_seq
+        self._resumed = {"attempt": attempt, "previous_owner": previous_owner}
+        while self._first_step < len(self.steps) and self.steps[self._first_step].name in outputs:
+            name = self.steps[self._first_step].name
+            self.outputs[name] = self.content = outputs[name]
+            self._first_step += 1
+
+    def events(self) -> Generator[BaseEvent, None, None]:
+        """Run every step, yielding each event; ends with exactly one terminal event."""
+        try:
+            self._begin()
+            if self._resumed is None:
+                yield self.emit(WorkflowStartedEvent)
+            else:
+                yield self.emit(WorkflowResumedEvent, **self._resumed)
+            for index, step in enumerate(self.steps):
+                if index < self._first_step:
+                    continue  # completed before the run was resumed
+                self._checkpoint()
+                self._step_index = index
+                self.state.step_name = self.ctx.step_name = step.name
+                fields = {"step_name": step.name, "step_index": index, "step_path": step.name}
+                yield self.emit(StepStartedEvent, **fields)
+                content = yield from self._run_step(index, step)
+                self._checkpoint()  # handing step_completed over is a checkpoint too
+                self.outputs[step.name] = self.content = content
+                yield self.emit(StepCompletedEvent, content=content, **fields)
+                self._checkpoint()
+            terminal = self._finish(RunStatus.completed)
+        except CancellationError:
+            terminal = self._finish(RunStatus.cancelled)
+        except StepFailed as failed:
+            self.failure = failed
+            terminal = self._finish(RunStatus.error)
+        except GeneratorExit:
+            finish_soon(self.abandon)  # inside a garbage collection: later, at a safe point
+            raise
+        except BaseException as error:  # KeyboardInterrupt, SystemExit, a failing store
+            crash(self, error)
+            raise
+        yield terminal
+
+    def _begin(self) -> None:
+        state = self.state
+        state.started_at = _time()
+        REGISTRY.set_status(state, RunStatus.running)
+        TIMER.resume(state)
 
     # -- the end ------------------------------------------------------------
 

@@ -88,21 +88,28 @@ class _Timer:
 
     # -- a step's budget --------------------------------------------------------
 
-    def start_step(self, state: RunState, seconds: float, step_name: str) -> None:
-        """Arm a budget of ``seconds`` for the attempt of ``step_name`` that starts now."""
+    def start_step(self, state: RunState, seconds: float, step_name: str, *, nested: bool = False) -> Budget:
+        """Arm a budget of ``seconds`` for the attempt of ``step_name`` that starts now.
+
+        A top-level step's budget is the run's ``step_budget``: paused while the run
+        waits. A ``nested`` one (a step inside a composite step, perhaps one of several
+        running at once) is the caller's alone and counts wall time.
+        """
         budget = Budget(state, seconds, f"step {step_name!r} timeout of {seconds:g}s exceeded")
         with self._cond:
-            state.step_budget = budget
+            if not nested:
+                state.step_budget = budget
             self._arm(budget)
+        return budget
 
-    def end_step(self, state: RunState) -> None:
-        """Disarm the step's budget; if it ran out first, the cancel is accepted before this returns.
+    def end_step(self, state: RunState, budget: Budget | None = None) -> None:
+        """Disarm a step's budget (the run's by default); if it ran out, the cancel is accepted before this returns.
 
         So a step that overran is cancelled as that step, never at the start of the next one.
         """
-        budget = state.step_budget
+        if budget is None or budget is state.step_budget:
+            budget, state.step_budget = state.step_budget, None
         if budget is not None:
-            state.step_budget = None
             self._bank((budget,))
 
     # -- machinery ------------------------------------------------------------

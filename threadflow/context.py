@@ -35,14 +35,24 @@ _CURRENT: ContextVar[RunContext | None] = ContextVar("threadflow_run_context", d
 class RunContext:
     """The view of the current run that step code gets from ``get_context()``."""
 
-    __slots__ = ("_state", "attempt", "step_name")
+    __slots__ = ("_owned", "_state", "attempt", "shield_depth", "step_name")
 
-    def __init__(self, state: RunState) -> None:
+    def __init__(self, state: RunState, *, branch: bool = False) -> None:
         self._state = state
         #: The step now running.
         self.step_name: str | None = None
         #: 1 for a step's first attempt, 2 for its first retry, ...
         self.attempt = 1
+        #: Open ``shield()`` blocks of this context: shields are per branch, the cancel is per run.
+        self.shield_depth = 0
+        # A branch's own on_cancel registrations, dropped when its step ends without touching its
+        # siblings'; None for the run's own context, whose steps never overlap.
+        self._owned: list[Callable[[], object]] | None = [] if branch else None
+
+    @property
+    def delivers_cancel(self) -> bool:
+        """True when a checkpoint here must raise: cancel requested and not shielded in this context."""
+        return self._state.cancel_requested and not self.shield_depth
 
     @property
     def run_id(self) -> str:
@@ -73,7 +83,7 @@ class RunContext:
     def check_cancellation(self) -> None:
         """A checkpoint: raise ``CancellationError`` if the run is cancelled (outside a shield)."""
         state = self._state
-        if state.cancel_requested and not state.shield_depth:
+        if state.cancel_requested and not self.shield_depth:
             raise cancellation_error(state)
 
     def sleep(self, seconds: float) -> None:
@@ -110,7 +120,7 @@ class RunContext:
         """
         check_seconds("sleep length", seconds)
         state = self._state
-        if state.delivers_cancel:
+        if self.delivers_cancel:
             raise asyncio.CancelledError
         REGISTRY.set_status(state, RunStatus.waiting)
         TIMER.pause(state)
@@ -131,18 +141,35 @@ class RunContext:
         earlier.
         """
         state = self._state
+        owned = self._owned
+        if owned is not None:
+            owned.append(callback)
         REGISTRY.add_callback(state, callback)
         return lambda: REGISTRY.remove_callback(state, callback)
+
+    def end_step(self) -> None:
+        """The step ended: drop its ``on_cancel`` registrations (a branch drops only its own)."""
+        owned = self._owned
+        if owned is None:
+            if self._state.callbacks:  # most steps register none: no lock to take
+                REGISTRY.clear_callbacks(self._state)
+        elif owned:
+            REGISTRY.remove_callbacks(self._state, owned)
+            owned.clear()
 
     # -- waiting ------------------------------------------------------------
 
     def _wait_until(self, event: threading.Event | None, deadline: float | None) -> bool:
         state = self._state
         self.check_cancellation()
+        if self._owned is not None:  # a branch: its siblings may be running, so the run is not waiting
+            woke = _wait_for(self, event, deadline)
+            self.check_cancellation()
+            return woke
         REGISTRY.set_status(state, RunStatus.waiting)
         TIMER.pause(state)
         try:
-            return _wait_for(state, event, deadline)
+            return _wait_for(self, event, deadline)
         finally:
             REGISTRY.set_status(state, RunStatus.running)
             TIMER.resume(state)
@@ -152,13 +179,14 @@ class RunContext:
         return f"<RunContext run={self.run_id} step={self.step_name} attempt={self.attempt}>"
 
 
-def _wait_for(state: RunState, event: threading.Event | None, deadline: float | None) -> bool:
+def _wait_for(ctx: RunContext, event: threading.Event | None, deadline: float | None) -> bool:
     """Wait for ``event`` (or only the deadline); wake early on an unshielded cancel."""
+    state = ctx._state
     if event is None:
         while True:
             # One read decides: a cancel accepted after it sets cancel_event, which wakes the wait.
             requested = state.cancel_requested
-            if requested and not state.shield_depth:
+            if requested and not ctx.shield_depth:
                 return False
             remaining = _remaining(deadline)
             if remaining == 0.0:
@@ -167,15 +195,16 @@ def _wait_for(state: RunState, event: threading.Event | None, deadline: float | 
                 time.sleep(remaining if remaining is not None else _MAX_SLICE)
             else:
                 state.cancel_event.wait(remaining)
-    return _wait_for_event(state, event, deadline)
+    return _wait_for_event(ctx, event, deadline)
 
 
-def _wait_for_event(state: RunState, event: threading.Event, deadline: float | None) -> bool:
+def _wait_for_event(ctx: RunContext, event: threading.Event, deadline: float | None) -> bool:
     # threading.Event cannot be waited on together with another Event, so we
     # wait on its own Condition and have the cancel notify that Condition.
     cond = getattr(event, "_cond", None)  # private, and absent from typeshed
     if not isinstance(event, threading.Event) or not isinstance(cond, threading.Condition):
         raise TypeError(f"ctx.wait() takes a threading.Event, not {type(event).__name__}")
+    state = ctx._state
 
     def wake() -> None:
         with cond:
@@ -185,7 +214,7 @@ def _wait_for_event(state: RunState, event: threading.Event, deadline: float | N
     try:
         with cond:
             while not event.is_set():
-                if state.delivers_cancel:
+                if ctx.delivers_cancel:
                     return False
                 remaining = _remaining(deadline)
                 if remaining == 0.0:
@@ -236,18 +265,17 @@ def shield() -> _Shield:
 class _Shield:
     """The context manager ``shield()`` returns: sync and async alike."""
 
-    __slots__ = ("_state",)
+    __slots__ = ("_ctx",)
 
     def __enter__(self) -> None:
-        state = self._state = get_context()._state
-        with REGISTRY.lock:
-            state.shield_depth += 1
+        # Only the thread running this context's step touches its depth: no lock needed.
+        ctx = self._ctx = get_context()
+        ctx.shield_depth += 1
 
     def __exit__(self, *exc_info: object) -> None:
-        state = self._state
-        with REGISTRY.lock:
-            state.shield_depth -= 1
-        if state.cancel_requested and not state.shield_depth:
+        ctx = self._ctx
+        ctx.shield_depth -= 1
+        if ctx._state.cancel_requested and not ctx.shield_depth:
             hook = _unshield_hook.get()
             if hook is not None:  # an async step: its task is cancelled now, at its next await
                 hook()

@@ -6,6 +6,10 @@ Every event is an immutable pydantic model with the fields ``event``,
 ``parse_event()`` reads back what ``model_dump_json()`` wrote, exactly. The same
 JSON travels through streams, stores, the CLI and HTTP.
 
+Events of a step inside a composite step (``Parallel``, ``Loop``, ...) say
+where they came from in ``step_path``; branch events are merged into the one
+stream in the order they happened.
+
 A run's events are numbered ``seq`` 1, 2, 3, ... without gaps; the first is
 ``workflow_started`` and the last is exactly one of ``workflow_completed``,
 ``workflow_cancelled`` or ``workflow_error``.
@@ -87,6 +91,10 @@ class BaseEvent(BaseModel):
 class _StepEvent(BaseEvent):
     step_name: str
     step_index: int
+    #: Where the step is: the ``/``-joined names from the top-level step down, a loop iteration
+    #: written ``name[i]`` (``review[2]/draft``); equal to ``step_name`` for a top-level step.
+    #: None only in logs written before composite steps existed.
+    step_path: str | None = None
 
 
 class _StepRunEvent(_StepEvent):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tenacity.wait import WaitBaseT
 
@@ -77,6 +77,9 @@ class Step:
     """
 
     __slots__ = ("agent", "description", "executor", "name", "retry", "timeout")
+
+    #: True for the composite steps of ``threadflow.compose``, which the runner drives itself.
+    composite: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -148,10 +151,16 @@ def as_step(item: object, name: str | None = None) -> Step:
         return item
     if isinstance(item, Agent):
         return Step(name or item.name, agent=item, description=item.description)
+    to_step = getattr(type(item), "as_step", None)
+    if to_step is not None:  # a Workflow: its steps, run inside this one
+        step: Step = to_step(item, name)
+        return step
     if callable(item):
         doc = inspect.getdoc(item)
         return Step(name or _callable_name(item), executor=item, description=doc.splitlines()[0] if doc else None)
-    raise TypeError(f"a workflow step must be a Step, an Agent or a callable, not {type(item).__name__}")
+    raise TypeError(
+        f"a workflow step must be a Step, an Agent or a callable (or a Workflow), not {type(item).__name__}"
+    )
 
 
 def _callable_name(item: object) -> str:
@@ -179,7 +188,8 @@ def as_steps(items: Sequence[object]) -> tuple[Step, ...]:
                 raise ValueError(f"two steps are named {item.name!r}; step names must be unique in a workflow")
             step = item
         else:
-            base = item.name if isinstance(item, Agent) else _callable_name(item)
+            named = isinstance(item, Agent) or hasattr(type(item), "as_step")  # an agent, a workflow
+            base = str(getattr(item, "name", "")) if named else _callable_name(item)
             name, n = base, 1
             while name in taken or name in explicit:
                 n += 1

@@ -18,6 +18,7 @@ from ._registry import LOCAL_RUNS, REGISTRY, RunState, new_run_id
 from ._runlog import EventLog
 from ._runner import Runner
 from ._validate import check_count, check_id, check_reason, check_seconds
+from .compose import WorkflowStep
 from .events import BaseEvent
 from .handles import AsyncRunStream, RunHandle, RunStream
 from .output import WorkflowRunOutput
@@ -278,6 +279,15 @@ class Workflow:
             handle.cancel("the awaiting asyncio task was cancelled")
             raise
         return handle.result(0)
+
+    def as_step(self, name: str | None = None) -> Step:
+        """This workflow as a step of another (``Workflow(steps=[inner, ...])`` calls it for you).
+
+        Its steps run inside the outer run — one run id, events streamed with
+        ``step_path`` under ``name`` (default: this workflow's name), cancelled
+        with it; see ``threadflow.compose.WorkflowStep`` for its input and output.
+        """
+        return WorkflowStep(*self.steps, name=name or self.name)
 
     # -- control ------------------------------------------------------------
 

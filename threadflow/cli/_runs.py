@@ -272,7 +272,8 @@ def _print_event(event: BaseEvent, as_json: bool, out: TextIO) -> None:
         print(line, file=out)
         return
     clock = _when(event.created_at, precise=True)[11:]
-    step = getattr(event, "step_name", None) or ""
+    # Where the event came from: inside a composite step, the path (fanout/summarize); old logs have none.
+    step = getattr(event, "step_path", None) or getattr(event, "step_name", None) or ""
     print(f"{event.seq:>5}  {clock}  {event.event.value:<18}  {step:<12}  {_event_detail(event)}".rstrip(), file=out)
 
 
