@@ -61,7 +61,7 @@ LAYERS = [
     {"_fastevents", "_validate", "_gcdefer"},
     {"storage"},
     {"_registry", "_timer", "context", "_runlog", "_asyncbridge"},
-    {"retry", "agents", "steps", "models", "output", "testing", "_aio"},
+    {"retry", "agents", "_tools", "steps", "models", "output", "testing", "_fakeopenai", "_aio"},
     {"_runner", "_abandon", "handles"},
     {"_background", "workflow"},
     {"control"},
