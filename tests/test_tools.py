@@ -55,7 +55,11 @@ def test_tool_schema_comes_from_signature_and_docstring() -> None:
     fn = schemas["search"]["function"]
     assert fn["description"] == "Search the archive."
     assert fn["parameters"]["required"] == ["query"]
-    assert fn["parameters"]["properties"]["query"] == {"type": "string", "description": "what to look for", "title": "Query"}
+    assert fn["parameters"]["properties"]["query"] == {
+        "type": "string",
+        "description": "what to look for",
+        "title": "Query",
+    }
     assert fn["parameters"]["properties"]["limit"]["default"] == 2
     assert schemas["add"]["function"]["parameters"]["properties"]["b"]["description"] == "the second"
 
@@ -67,6 +71,7 @@ def test_tools_the_model_cannot_take_are_rejected_at_construction() -> None:
 
     with pytest.raises(TypeError, match="takes no tools= argument"):
         Agent(model=PlainModel(), tools=[search])
+
     def variadic(*words: str) -> None:
         """Cannot be described."""
 

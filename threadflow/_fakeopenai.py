@@ -36,6 +36,8 @@ class FakeReply:
       status line (a slow server, or one queueing the request).
     - ``status`` other than 200: a JSON error answer with ``message`` and, if
       given, a ``Retry-After`` header of ``retry_after`` seconds.
+    - ``hang_after=N``: after N tokens, send nothing more until the client
+      leaves or the server stops (``hanging`` is set then): a stalled model.
     - ``cut_after=N``: close the connection after N chunks, mid-body.
     - ``malformed=True``: send a ``data:`` line that is not JSON after the tokens.
     - ``done=False``: end the body cleanly but without ``finish_reason``/``[DONE]``.
@@ -48,6 +50,7 @@ class FakeReply:
     status: int = 200
     message: str = "scripted failure"
     retry_after: float | None = None
+    hang_after: int | None = None
     cut_after: int | None = None
     malformed: bool = False
     done: bool = True
@@ -65,7 +68,8 @@ class FakeOpenAIServer:
     order; ``request_headers``: their headers (lower-case names).
     ``script(*replies)`` queues replies. ``request_received`` is set when a
     request arrives and ``body_started`` when a reply's first chunk was sent
-    (tests clear them to wait for the next one); ``client_disconnected`` is set
+    (tests clear them to wait for the next one), ``hanging`` when a reply
+    starts hanging (``hang_after``); ``client_disconnected`` is set
     and ``disconnects`` counted when a client leaves mid-reply.
     """
 
@@ -76,6 +80,7 @@ class FakeOpenAIServer:
         self.disconnects = 0
         self.request_received = threading.Event()
         self.body_started = threading.Event()
+        self.hanging = threading.Event()
         self.client_disconnected = threading.Event()
         self._script: list[FakeReply] = list(replies)
         self._lock = threading.Lock()
@@ -84,7 +89,9 @@ class FakeOpenAIServer:
         self._stopping = False
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.fake = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fake-openai-server", daemon=True)
+        # a short poll interval: stop() waits for the serving loop to look up
+        serve = lambda: self._httpd.serve_forever(poll_interval=0.02)  # noqa: E731
+        self._thread = threading.Thread(target=serve, name="fake-openai-server", daemon=True)
         self._thread.start()
 
     @property
@@ -147,7 +154,8 @@ class FakeOpenAIServer:
         """Wait ``seconds``, but notice at once a client hanging up or the server stopping."""
         if seconds <= 0:
             return
-        readable, _, _ = select.select([conn, self._wake_r], [], [], seconds)
+        timeout = None if seconds == float("inf") else seconds
+        readable, _, _ = select.select([conn, self._wake_r], [], [], timeout)
         if self._wake_r in readable or self._stopping:
             raise _ClientGone
         if conn in readable:  # mid-reply, a client only ever sends its goodbye
@@ -233,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 _shutdown(self.connection)  # mid-body, with no terminating chunk: a cut stream
                 return
+            if reply.hang_after is not None and index == reply.hang_after + 1:  # +1: the role chunk
+                fake.hanging.set()
+                fake._pause(self.connection, float("inf"))
             fake._pause(self.connection, reply.pace)
             self._chunk(f"data: {data}\n\n".encode())
             fake.body_started.set()

@@ -151,7 +151,7 @@ class OpenAIChat:
         """Send the request until it is answered 2xx, retrying 429/5xx as the class docstring says."""
         policy = RetryPolicy(
             stop=tenacity.stop_after_attempt(self.max_retries + 1),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=8.0, jitter=0.5),
+            wait=tenacity.wait_random_exponential(multiplier=0.5, max=8.0),
             retry=tenacity.retry_if_exception_type(_Retryable),
         )
         attempts = policy.attempts(_sleep)
