@@ -118,7 +118,7 @@ def test_429_is_retried_after_retry_after(fake: FakeOpenAIServer) -> None:
 
 def test_5xx_is_retried_then_given_up(fake: FakeOpenAIServer) -> None:
     fake.script(*[FakeReply(status=503, retry_after=0) for _ in range(3)])
-    with model_for(fake, max_retries=2) as model, pytest.raises(OpenAIError, match="503 .* after 3 attempt") as info:
+    with model_for(fake, max_retries=2) as model, pytest.raises(OpenAIError, match=r"503 .* after 3 attempt") as info:
         list(model.stream(PROMPT))
     assert info.value.status == 503 and len(fake.requests) == 3
 
