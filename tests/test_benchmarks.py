@@ -15,6 +15,7 @@ EXPECTED = {
     "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],
     "bench_store.py": ["MemoryStore", "SqliteStore", "p99"],
     "bench_http.py": ["in-process", "p99", "events per second"],
+    "bench_models.py": ["mid-stream", "waiting for headers", "p99", "response.close()", "21/21 connections closed"],
 }
 
 
