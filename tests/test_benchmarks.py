@@ -20,6 +20,7 @@ EXPECTED = {
     "bench_http_disconnect.py": ["concurrent streams", "p99", "completed after their client left: 0 of 20"],
     "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event"],
     "bench_postgres.py": ["bare NOTIFY", "bare SKIP LOCKED", "claims/s", "cross-host cancel", "resume after SIGKILL"],
+    "bench_models.py": ["mid-stream", "waiting for headers", "p99", "response.close()", "21/21 connections closed"],
 }
 
 

@@ -24,6 +24,7 @@ SCRIPT_TIMEOUT = 30.0  # seconds; every script finishes in a few
 FAST_CANCEL_MS = 250.0  # "at once": far below every wait the scripts would otherwise sit through
 
 TESTED = {
+    "agno_seed_tools.py",  # run by test_models_cookbook.py
     "async_background.py",
     "async_steps.py",
     "cancel_run.py",
@@ -82,10 +83,10 @@ def offline_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-def run_script(name: str, env: dict[str, str]) -> str:
-    """Run ``cookbook/<name>`` from the repository root; its stdout, once it exited cleanly."""
+def run_script(name: str, env: dict[str, str], *args: str) -> str:
+    """Run ``cookbook/<name> [args]`` from the repository root; its stdout, once it exited cleanly."""
     proc = subprocess.run(
-        [sys.executable, f"cookbook/{name}"],
+        [sys.executable, f"cookbook/{name}", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -28,6 +28,8 @@ from .events import (
     StepCompletedEvent,
     StepRetryingEvent,
     StepStartedEvent,
+    ToolCallCompletedEvent,
+    ToolCallStartedEvent,
     WorkflowCancelledEvent,
     WorkflowCompletedEvent,
     WorkflowErrorEvent,
@@ -155,6 +157,8 @@ _FAST_MODELS: tuple[type[BaseModel], ...] = (
     RunCompletedEvent,
     RunCancelledEvent,
     RunErrorEvent,
+    ToolCallStartedEvent,
+    ToolCallCompletedEvent,
 )
 _TEMPLATES: dict[type[BaseModel], dict[str, Any]] = {c: _template(c) for c in _FAST_MODELS}
 _FIELDS_SET: dict[type[BaseModel], set[str]] = {c: set(c.model_fields) for c in _FAST_MODELS}

@@ -51,7 +51,7 @@ from .events import (
 from .exceptions import CancellationError, WorkflowError
 from .output import WorkflowRunOutput
 from .status import CancelCause, RunStatus
-from .steps import Step, StepInput
+from .steps import EventMarker, Step, StepInput
 
 if TYPE_CHECKING:
     from .compose import Composite
@@ -244,6 +244,10 @@ class Lane:
                 finally:
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
+                    if type(chunk) is EventMarker:  # an agent's tool call: an event of its own
+                        if not (state.cancel_requested and not ctx.shield_depth):
+                            yield self.emit(chunk.cls, **chunk.fields, **run_fields)
+                        continue
                     if not isinstance(chunk, str):
                         self._close_quietly(gen)
                         raise TypeError(

@@ -38,6 +38,8 @@ __all__ = [
     "StepCompletedEvent",
     "StepRetryingEvent",
     "StepStartedEvent",
+    "ToolCallCompletedEvent",
+    "ToolCallStartedEvent",
     "WorkflowCancelledEvent",
     "WorkflowCompletedEvent",
     "WorkflowErrorEvent",
@@ -70,6 +72,8 @@ class RunEvent(enum.StrEnum):
     run_completed = "run_completed"
     run_cancelled = "run_cancelled"
     run_error = "run_error"
+    tool_call_started = "tool_call_started"
+    tool_call_completed = "tool_call_completed"
 
 
 class BaseEvent(BaseModel):
@@ -189,6 +193,29 @@ class RunErrorEvent(_StepRunEvent):
     error_type: str
 
 
+class ToolCallStartedEvent(_StepRunEvent):
+    """An agent is calling its tool ``tool_name`` with ``tool_args`` (the model's arguments, parsed)."""
+
+    event: Literal[RunEvent.tool_call_started] = RunEvent.tool_call_started
+    tool_name: str
+    tool_args: dict[str, Any]
+    tool_call_id: str
+
+
+class ToolCallCompletedEvent(_StepRunEvent):
+    """The tool call ``tool_call_id`` returned ``result`` (JSON-able) or failed with ``error``.
+
+    ``error`` is None when the tool returned; otherwise ``result`` is None and
+    ``error`` is what the model was told (``"ValueError: ..."``).
+    """
+
+    event: Literal[RunEvent.tool_call_completed] = RunEvent.tool_call_completed
+    tool_call_id: str
+    result: Any = None
+    error: str | None = None
+    tool_name: str | None = None
+
+
 Event = Annotated[
     WorkflowStartedEvent
     | StepStartedEvent
@@ -202,7 +229,9 @@ Event = Annotated[
     | RunContentEvent
     | RunCompletedEvent
     | RunCancelledEvent
-    | RunErrorEvent,
+    | RunErrorEvent
+    | ToolCallStartedEvent
+    | ToolCallCompletedEvent,
     Field(discriminator="event"),
 ]
 

@@ -25,7 +25,22 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .agents import Agent
 
-__all__ = ["Executor", "Step", "StepInput", "as_step"]
+__all__ = ["EventMarker", "Executor", "Step", "StepInput", "as_step"]
+
+
+class EventMarker:
+    """Yielded by an agent's stream instead of a token: "emit this run event here".
+
+    Machinery between ``agents`` and the runner (tool calls): the runner
+    hands the consumer ``cls`` built from ``fields`` plus the step's own
+    fields, at a checkpoint like any token. Users' generator steps yield ``str``.
+    """
+
+    __slots__ = ("cls", "fields")
+
+    def __init__(self, cls: type[Any], **fields: Any) -> None:
+        self.cls = cls
+        self.fields = fields
 
 
 @dataclass(slots=True)
