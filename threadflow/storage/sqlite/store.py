@@ -7,9 +7,8 @@ import json
 import logging
 import os
 import threading
-import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from ._connection import SharedConnection
 from ._layout import RunBuffer, decode_chunk
 from ._liveness import RunOwner, dead_owner_keys
 from ._nudges import Nudge
-from ._queue import Claim, cancel_unowned, claim, enqueue_run
+from ._queue import QueueSide, cancel_unowned
 from ._remote_cancel import WATCHER, Answers, request_cancel
 from ._rows import SELECT_NEWEST, SELECT_RUNS, end_run, info_of, insert_run, record_abandoned
 from ._schema import ACTIVE, ACTIVE_SQL, OWNER_COLUMNS
@@ -33,7 +32,7 @@ __all__ = ["SqliteStore"]
 logger = logging.getLogger("threadflow")
 
 
-class SqliteStore:
+class SqliteStore(QueueSide):
     """Run records, full event logs and cross-process cancels in the SQLite file ``path``.
 
     ``create=False`` opens an existing history only (``StoreError`` if there is
@@ -315,110 +314,6 @@ class SqliteStore:
 
     def _answer_pending(self) -> None:
         self._answers.answer_pending(self)
-
-    # -- the run queue (``threadflow.Worker``, ``Workflow.enqueue``): processes on one host ------------------
-
-    #: How often an idle worker looks at the queue (SQLite has no NOTIFY to wake it).
-    queue_poll_interval: float = 0.05
-    #: Not used on one host: a dead worker is known at once by its pid (``Worker`` sets it all the same).
-    lease_seconds: float = 15.0
-
-    def enqueue(self, info: RunInfo, input_json: str, run_timeout: float | None) -> None:
-        """Record a queued run (``pending``, owned by nobody); ``DuplicateRunError`` if the id is active."""
-        if self.readonly:
-            raise StoreError(f"{self.path}: the run history is opened read-only")
-        self._shared.transact(functools.partial(enqueue_run, info=info, input_json=input_json, run_timeout=run_timeout))
-
-    def claim(self, workflow_ids: list[str], limit: int, *, orphans: bool = False) -> list[Claim]:
-        """Take up to ``limit`` queued runs of these workflows (whose worker died, with ``orphans``)."""
-        if limit <= 0 or self.readonly:
-            return []
-        inbox = WATCHER.watch(self)  # the claims name this process's cancel inbox
-        take = functools.partial(claim, workflows=workflow_ids, limit=limit, inbox=inbox, orphans=orphans)
-        claims: list[Claim] = self._shared.transact(take)
-        return claims
-
-    def adopt(self, claim: Claim) -> None:
-        """A claimed run is registered in this process: write its events, answer its cancels."""
-        buffer = RunBuffer(claim.run_id)
-        buffer.key = claim.key
-        with self._writes.lock:
-            self._buffers[claim.run_id] = buffer
-        self._queued.add(claim.run_id)
-        self._writes.ensure_writer()  # it commits buffered events every flush_interval while runs are active
-        self._writes.wake.set()
-        WATCHER.watch(self)
-        self._answers.answer_pending(self)
-
-    def release(self, run_id: str) -> None:
-        """A claimed run this process no longer runs."""
-        self._queued.discard(run_id)
-        buffer = self._buffers.get(run_id)
-        if buffer is not None:
-            self._writes.forget(run_id, buffer)
-
-    def fail_claim(self, claim: Claim, message: str, error_type: str) -> None:
-        """End a claimed run ``error`` without running it (``message`` says why it cannot be resumed)."""
-        self._shared.transact(functools.partial(record_abandoned, key=claim.key, error=(message, error_type)))
-
-    def end_orphans(self, limit: int = 100) -> int:
-        """Nothing to do: readers record the runs of dead processes not from the queue as they see them."""
-        return 0
-
-    def resume_log(self, run_id: str) -> list[tuple[Event, bool]]:
-        """The run's stored events, each with whether its content can be resumed from (is JSON data)."""
-        rows = self._shared.read(
-            "SELECT unresumable FROM runs WHERE run_id = ? ORDER BY run_key DESC LIMIT 1", (clean_text(run_id),)
-        )
-        inexact = set((rows[0][0] or "").split("\n")) if rows else set()
-        return [
-            (event, not (isinstance(event, StepCompletedEvent) and event.step_name in inexact))
-            for event in self.events(run_id)
-        ]
-
-    def _mark_unresumable(self, buffer: RunBuffer, step_name: str) -> None:
-        """Before its event is written: this step's output is not JSON, so a resume must not use the log's text."""
-        self._shared.autocommit(
-            lambda conn: conn.execute(
-                "UPDATE runs SET unresumable = COALESCE(unresumable || char(10), '') || ? WHERE run_key = ?",
-                (clean_text(step_name), buffer.key),
-            )
-        )
-
-    def hold(self, on_queued: Any) -> None:
-        """A worker starts using this store (no NOTIFY here: it polls every ``queue_poll_interval``)."""
-
-    def unhold(self, on_queued: Any) -> None:
-        """The worker stopped."""
-
-    def follow(self, run_id: str, after_seq: int = 0, *, poll: float = 0.02) -> Iterator[Event]:
-        """The run's events after ``after_seq`` as they are committed by any process, through its terminal event."""
-        cursor = after_seq
-        pause = threading.Event()
-        while True:
-            batch = self.events(run_id, cursor)
-            for event in batch:
-                cursor = event.seq
-                yield event
-                if event.terminal:
-                    return
-            if not batch:
-                info = self.get_run(run_id)
-                if info is None or (info.status.is_terminal and not self.events(run_id, cursor)):
-                    return
-                pause.wait(poll)
-
-    def wait_ended(self, run_id: str, timeout: float | None = None) -> bool:
-        """Block until the run's record is terminal (True) or ``timeout`` seconds pass (False)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = threading.Event()
-        while True:
-            info = self.get_run(run_id)
-            if info is None or info.status.is_terminal:
-                return True
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            pause.wait(0.02)
 
 
 def _is_json(value: Any) -> bool:
