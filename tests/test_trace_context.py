@@ -235,3 +235,41 @@ def test_step_code_in_a_background_run_is_inside_its_step_span(spans: InMemorySp
     handle.result(WAIT)
     assert done.is_set()
     assert_child(spans, "inside-marked", "marked")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------------
+
+
+def test_postgres_a_run_enqueued_inside_a_span_runs_as_its_child(spans: InMemorySpanExporter, pg_dsn: str) -> None:
+    from threadflow.storage import PostgresStore
+
+    with PostgresStore(pg_dsn) as front, PostgresStore(pg_dsn) as back:
+        with TRACER.start_as_current_span("request") as request:
+            handle = Workflow("double", steps=[double], store=front).enqueue(4)
+        assert handle.info().traceparent == traceparent_of(request)
+        with Worker(Workflow("double", steps=[double], store=back), back):
+            assert handle.result(WAIT).content == 8
+        assert [info.traceparent for info in back.list_runs()] == [traceparent_of(request)]
+    (run,) = named(spans, "threadflow.run")
+    assert run.parent is not None and run.parent.span_id == request.get_span_context().span_id
+    assert run.context.trace_id == request.get_span_context().trace_id
+
+
+def test_postgres_a_version_1_database_migrates(spans: InMemorySpanExporter, pg_dsn: str) -> None:
+    import psycopg
+
+    from threadflow.storage import PostgresStore
+    from threadflow.storage.postgres import SCHEMA_VERSION as PG_VERSION
+
+    with PostgresStore(pg_dsn) as store:
+        Workflow("double", steps=[double], store=store).run(1, run_id="old")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE threadflow_runs DROP COLUMN traceparent")
+        conn.execute("UPDATE threadflow_meta SET value = '1' WHERE key = 'schema_version'")
+    with PostgresStore(pg_dsn) as store, TRACER.start_as_current_span("caller") as caller:
+        assert store.get_run("old").traceparent is None  # type: ignore[union-attr]
+        Workflow("double", steps=[double], store=store).run(1, run_id="new")
+        assert store.get_run("new").traceparent == traceparent_of(caller)  # type: ignore[union-attr]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT value FROM threadflow_meta WHERE key = 'schema_version'").fetchone()
+        assert row == (str(PG_VERSION),)
