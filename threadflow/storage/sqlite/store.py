@@ -76,6 +76,8 @@ class SqliteStore:
         self._answers = Answers()
         self._local_runs: LocalRuns | None = None
         self._queued: set[str] = set()  # the queued runs this process runs (``adopt``)
+        # Runs still active when close() was called: nothing more of theirs is written (see close()).
+        self._cut: set[str] = set()
         # Dropped without close(): wake the writer (it sees the store gone and exits), close the connection.
         finalizer = weakref.finalize(self, _release, self._writes.wake, self._shared)
         finalizer.atexit = False  # at exit, daemon threads may still be using them
@@ -151,6 +153,9 @@ class SqliteStore:
         process's reads answer with it meanwhile, ``last_error`` says why, and
         ``flush()`` raises ``StoreError`` until it is written.
         """
+        if self._cut and info.run_id in self._cut:
+            self._drop_end(info)
+            return
         buffer = self._buffers.get(info.run_id) or RunBuffer(info.run_id)
         end = functools.partial(end_run, info=info)
         try:
@@ -171,6 +176,13 @@ class SqliteStore:
     def close(self) -> None:
         """Flush, stop the writer thread and close the connections: the file is not touched after. Idempotent.
 
+        A run still active on the store goes on (its outcome is its own), but
+        nothing more of it is written: its later events and its end are
+        dropped, with one warning (logger ``threadflow``) when it ends; its
+        record in the file stays as it was at ``close()`` (a reader judges it
+        by its owner, like any run whose end was never written). Runs started
+        on the store after ``close()`` open the file again.
+
         ``StoreError`` if something could not be written (a run's end left
         unwritten is then recorded as abandoned by a reader once this process
         has exited).
@@ -183,8 +195,26 @@ class SqliteStore:
                 logger.error("threadflow: %s: closed before the end of run %s could be recorded", self.path, run_id)
             raise
         finally:
+            self._cut_active_runs()
             self._writes.stop()
             self._shared.close()
+
+    def _cut_active_runs(self) -> None:
+        """Stop recording the runs still active: ``append`` finds no buffer, ``run_ended`` drops the end."""
+        with self._writes.lock:
+            self._cut.update(self._buffers)
+            self._buffers.clear()
+
+    def _drop_end(self, info: RunInfo) -> None:
+        self._cut.discard(info.run_id)
+        self._queued.discard(info.run_id)
+        logger.warning(
+            "threadflow: %s: run %s ended %s after the store was closed: its end and its events since the close "
+            "were not written (the record in the file stays as it was at close)",
+            self.path,
+            info.run_id,
+            RunStatus(info.status).value,
+        )
 
     def buffered_events(self) -> int:
         """Events this process's runs have handed the store that are not yet written (nor dropped)."""
