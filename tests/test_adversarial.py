@@ -366,6 +366,7 @@ def test_a_run_outliving_its_closed_sqlite_store_warns_once_and_its_record_stays
         finally:
             conn.close()
         assert status == "running"
+        assert store.get_run(handle.run_id).status is RunStatus.completed  # type: ignore[union-attr]  # from memory
         contents = [getattr(e, "content", None) for e in reader.events(handle.run_id) if e.event == "run_content"]
         assert contents == ["before close"]
 

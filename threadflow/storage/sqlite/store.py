@@ -78,6 +78,7 @@ class SqliteStore:
         self._queued: set[str] = set()  # the queued runs this process runs (``adopt``)
         # Runs still active when close() was called: nothing more of theirs is written (see close()).
         self._cut: set[str] = set()
+        self._unwritten: dict[str, RunInfo] = {}  # ...and the ends of theirs dropped: this process answers with them
         # Dropped without close(): wake the writer (it sees the store gone and exits), close the connection.
         finalizer = weakref.finalize(self, _release, self._writes.wake, self._shared)
         finalizer.atexit = False  # at exit, daemon threads may still be using them
@@ -116,6 +117,7 @@ class SqliteStore:
         """
         if self.readonly:
             raise StoreError(f"{self.path}: the run history is opened read-only")
+        self._unwritten.pop(info.run_id, None)  # a new run with that id: the file's record is the newer
         buffer = RunBuffer(info.run_id)
         with self._writes.lock:  # registered first: the writer flushes on a timer while runs are active
             self._buffers[info.run_id] = buffer
@@ -207,6 +209,7 @@ class SqliteStore:
 
     def _drop_end(self, info: RunInfo) -> None:
         self._cut.discard(info.run_id)
+        self._unwritten[info.run_id] = info
         self._queued.discard(info.run_id)
         logger.warning(
             "threadflow: %s: run %s ended %s after the store was closed: its end and its events since the close "
@@ -229,9 +232,9 @@ class SqliteStore:
         if not isinstance(run_id, str):
             return None
         run_id = clean_text(run_id)
-        owed = self._writes.owed_info(run_id)
+        owed = self._writes.owed_info(run_id) or self._unwritten.get(run_id)
         if owed is not None:
-            return owed  # ended here, not written yet: never shown as still running
+            return owed  # ended here, not written (yet): never shown here as still running
         rows = self._shared.read(SELECT_NEWEST, (run_id,))
         if not rows:
             return None
@@ -263,7 +266,7 @@ class SqliteStore:
         sql = SELECT_RUNS + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, run_key DESC LIMIT ?"
         infos = [info_of(row) for row in self._shared.read(sql, [*params, -1 if limit is None else limit])]
-        return [self._writes.owed_info(info.run_id) or info for info in infos]
+        return [self._writes.owed_info(info.run_id) or self._unwritten.get(info.run_id) or info for info in infos]
 
     def run_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Up to ``limit`` distinct run ids that start with ``prefix``, newest first (as git takes a short hash)."""
