@@ -236,9 +236,10 @@ class _RunSpans:
         self.run: Any = None
         self.steps: dict[Any, Any] = {}  # step key → its open span
         # Branch threads open and end their steps' spans themselves (``emitted``), so that step code
-        # always finds its span open; the consumer then skips those events (by identity).
+        # always finds its span open; the consumer then skips those events (by identity: each is held
+        # here until then, so that its id is never another event's).
         self._lock = threading.Lock()
-        self._done: set[int] = set()
+        self._done: dict[int, BaseEvent] = {}
 
     def on_event(self, event: BaseEvent) -> None:
         name = str(event.event)
@@ -248,8 +249,7 @@ class _RunSpans:
             self._start_run(event)
         if name in _STEP_EVENTS:
             with self._lock:
-                if self._done and id(event) in self._done:
-                    self._done.discard(id(event))
+                if self._done and self._done.pop(id(event), None) is event:
                     return
                 self._step_event(name, event)
         elif event.terminal:
@@ -268,7 +268,7 @@ class _RunSpans:
         if name in _STEP_EVENTS and self.run is not None:
             with self._lock:
                 self._step_event(name, event)
-                self._done.add(id(event))  # the event is alive until forwarded: its id is not reused
+                self._done[id(event)] = event
 
     def enter(self, step_path: str) -> Any:
         from opentelemetry import context, trace
