@@ -84,7 +84,7 @@ def test_a_version_2_file_is_migrated_to_the_queue(db: Path) -> None:
     SqliteStore(db).close()
     conn = sqlite3.connect(db)
     conn.execute("DROP INDEX runs_queue")
-    for column in ("queued", "input", "run_timeout", "attempt", "unresumable"):
+    for column in ("queued", "input", "run_timeout", "attempt", "unresumable", "traceparent"):
         conn.execute(f"ALTER TABLE runs DROP COLUMN {column}")
     conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     conn.commit()

@@ -9,19 +9,47 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from .events import BaseEvent
 from .status import CancelCause
 
-__all__ = ["OBSERVER", "Observer", "cancel_requested", "set_observer"]
+__all__ = ["OBSERVER", "Observer", "StepScopes", "cancel_requested", "set_observer", "traceparent"]
 
 logger = logging.getLogger("threadflow")
 
 
+class StepScopes(Protocol):
+    """One run's step spans as the runner's threads see them (only while telemetry is on)."""
+
+    def emitted(self, event: BaseEvent) -> None:
+        """A branch lane's event, in the branch's thread as it is made (before the consumer forwards it)."""
+        ...
+
+    def enter(self, step_path: str) -> Any:
+        """Make the span of ``step_path`` (or of its nearest open ancestor) current; a token for ``leave``."""
+        ...
+
+    def leave(self, token: Any) -> None:
+        """Undo ``enter``, in the same thread."""
+        ...
+
+
 class Observer(Protocol):
-    def watch(self, run_id: str, workflow_id: str) -> Callable[[BaseEvent], None] | None:
-        """A new run, in the thread that creates it: the sink for its events (None: not interested)."""
+    def traceparent(self) -> str | None:
+        """The W3C traceparent of the span current in this thread (None: no span, or not tracing)."""
+        ...
+
+    def watch(self, run_id: str, workflow_id: str, traceparent: str | None) -> Callable[[BaseEvent], None] | None:
+        """A new run, in the thread that creates it: the sink for its events (None: not interested).
+
+        ``traceparent``, when given, is the run's parent (a run created elsewhere, kept in its record);
+        otherwise the span current here is.
+        """
+        ...
+
+    def steps(self, run_id: str) -> StepScopes | None:
+        """The run's step spans, for step code to run inside (None: not tracing)."""
         ...
 
     def cancel_requested(self, run_id: str, cause: CancelCause, reason: str | None) -> None:
@@ -36,6 +64,12 @@ OBSERVER: Observer | None = None
 def set_observer(observer: Observer | None) -> None:
     global OBSERVER
     OBSERVER = observer
+
+
+def traceparent() -> str | None:
+    """The traceparent to keep in a new run's record: None unless an observer traces."""
+    observer = OBSERVER
+    return None if observer is None else observer.traceparent()
 
 
 def cancel_requested(run_id: str, cause: CancelCause, reason: str | None) -> None:

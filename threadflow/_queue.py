@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import Any
 
+from . import _observe
 from ._fastevents import make_event
 from ._registry import REGISTRY, new_run_id
 from ._validate import check_count, check_id, check_reason
@@ -54,6 +55,7 @@ def enqueue(workflow: Any, run_input: Any, run_id: str | None) -> QueuedHandle:
             "workflow_name": workflow.name,
             "status": RunStatus.pending,
             "created_at": time.time(),
+            "traceparent": _observe.traceparent(),  # the worker's run span continues the caller's trace
         },
     )
     store.enqueue(info, input_json, workflow.run_timeout)

@@ -65,6 +65,7 @@ class RunState:
         "step_name",
         "store",
         "timeout",
+        "traceparent",
         "workflow_id",
         "workflow_name",
     )
@@ -105,6 +106,8 @@ class RunState:
         # The run's and the running step's budgets of active time, owned by threadflow._timer.
         self.run_budget: Budget | None = None
         self.step_budget: Budget | None = None
+        #: The W3C traceparent the run continues (``threadflow._observe``); None without telemetry.
+        self.traceparent: str | None = None
 
     @property
     def cancel_event(self) -> threading.Event:
@@ -141,6 +144,7 @@ class RunState:
                 "created_at": self.created_at,
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
+                "traceparent": self.traceparent,
             },
         )
 

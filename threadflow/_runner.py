@@ -110,6 +110,9 @@ class Lane:
         self.prefix = ""
         #: The run's own lane, where branch events are numbered and recorded.
         self.root: Runner = cast("Runner", self)
+        #: The run's step spans while telemetry traces it (``threadflow._observe``), else None.
+        self.spans: _observe.StepScopes | None = None
+        self._span_path = ""  # the step whose code runs next in this lane (for its span)
 
     # -- events -------------------------------------------------------------
 
@@ -122,6 +125,8 @@ class Lane:
         event = make_event(cls, fields)
         if self.sink is not None:
             self.sink(event)
+        elif self.spans is not None:  # a branch lane: its step spans open here, before its step code runs
+            self.spans.emitted(event)
         return event
 
     def _step_fields(self, step: Step, index: int, agent: bool = False) -> dict[str, Any]:
@@ -187,17 +192,22 @@ class Lane:
             TIMER.end_step(self.state, budget)  # an attempt that overran is cancelled by now
 
     def _in_step(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call ``fn`` with the run's context as the ambient one."""
+        """Call ``fn`` with the run's context as the ambient one (and its step's span current, when traced)."""
+        spans = self.spans
+        span_token = spans.enter(self._span_path) if spans is not None else None
         token = _CURRENT.set(self.ctx)
         try:
             return fn(*args)
         finally:
             _CURRENT.reset(token)
+            if spans is not None:
+                spans.leave(span_token)
 
     def _attempt(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
         step_input = StepInput(
             self.input, self.content, self.state.run_id, self.state.workflow_id, step.name, index, _outputs=self.outputs
         )
+        self._span_path = self.prefix + step.name
         if step.composite:
             return (yield from self._composite(step, step_input))
         try:
@@ -222,13 +232,16 @@ class Lane:
         self._step_gen = gen  # from here on, a consumer leaving must close it
         self._stream_fields = run_fields
         yield self.emit(RunStartedEvent, **run_fields)
-        state, ctx, sink, base = self.state, self.ctx, self.sink, self._base
+        state, ctx, sink, base, spans = self.state, self.ctx, self.sink, self._base, self.spans
         template = {**base, **run_fields}
         chunks: list[str] = []
         thrown = 0
+        path = run_fields["step_path"]
         try:
             while True:
                 token = _CURRENT.set(ctx)
+                # The step's span is current only while its code runs: never across a yield to the consumer.
+                span_token = spans.enter(path) if spans is not None else None
                 try:
                     if state.cancel_requested and not ctx.shield_depth:
                         chunk = throw_cancel(gen, state, thrown)
@@ -242,6 +255,8 @@ class Lane:
                     # Raised by the step itself: the consumer's own GeneratorExit arrives at our yield below.
                     raise _StepRaised(error) from error
                 finally:
+                    if spans is not None:
+                        spans.leave(span_token)
                     _CURRENT.reset(token)
                 if type(chunk) is not str:
                     if type(chunk) is EventMarker:  # an agent's tool call: an event of its own
@@ -352,6 +367,7 @@ class Lane:
         lane.content = step_input.previous_step_content
         lane.prefix = path + "/"
         lane.root = self.root
+        lane.spans = self.spans
         return lane
 
 
@@ -371,7 +387,10 @@ class Runner(Lane):
         self.steps = steps
         self.store = store
         observer = _observe.OBSERVER
-        watch = observer.watch(state.run_id, state.workflow_id) if observer is not None else None
+        watch = None
+        if observer is not None:  # state.traceparent is set here only for a run created elsewhere
+            watch = observer.watch(state.run_id, state.workflow_id, state.traceparent)
+            self.spans = observer.steps(state.run_id)
         recorder = store.append if store is not None and store.records_events else None
         self.sink = _fan_out([s for s in (recorder, sink, watch) if s])
         self.failure: StepFailed | None = None

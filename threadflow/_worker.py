@@ -217,7 +217,13 @@ class Worker:
         run_input = json.loads(claim.input) if claim.input is not None else None
         resume = self._resume_point(claim) if claim.resumed else None
         runner = workflow._new_runner(
-            run_input, claim.run_id, claim.run_timeout, background=True, create=False, store=self.store
+            run_input,
+            claim.run_id,
+            claim.run_timeout,
+            background=True,
+            create=False,
+            store=self.store,
+            traceparent=getattr(claim, "traceparent", None),
         )
         if resume is not None:
             outputs, last_seq = resume

@@ -64,3 +64,6 @@ class RunInfo(BaseModel):
     owner: str | None = None
     #: 1, then +1 each time a worker resumes the run after its owner stopped renewing its lease.
     attempt: int = 1
+    #: The W3C ``traceparent`` of the span current where the run was created, kept so that a worker that
+    #: runs or resumes it continues that trace (None when telemetry was off, or no span was current).
+    traceparent: str | None = None

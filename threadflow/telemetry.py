@@ -52,8 +52,12 @@ class _Observers:
     def parts(self) -> list[Any]:
         return [part for part in (self.tracer, self.metrics) if part is not None]
 
-    def watch(self, run_id: str, workflow_id: str) -> EventSink | None:
-        sinks = [sink for part in self.parts() if (sink := part.watch(run_id, workflow_id)) is not None]
+    def traceparent(self) -> str | None:
+        tracer = self.tracer
+        return None if tracer is None else tracer.traceparent()
+
+    def watch(self, run_id: str, workflow_id: str, traceparent: str | None = None) -> EventSink | None:
+        sinks = [sink for part in self.parts() if (sink := part.watch(run_id, workflow_id, traceparent)) is not None]
         if len(sinks) <= 1:
             return sinks[0] if sinks else None
 
@@ -62,6 +66,10 @@ class _Observers:
                 sink(event)
 
         return both
+
+    def steps(self, run_id: str) -> _RunSpans | None:
+        tracer = self.tracer
+        return None if tracer is None else tracer.runs.get(run_id)
 
     def cancel_requested(self, run_id: str, cause: CancelCause, reason: str | None) -> None:
         for part in self.parts():
@@ -98,7 +106,7 @@ class _Metrics:
         self.registry.register(_LiveRuns())
         self._cancels: dict[str, float] = {}  # run id → when its cancel was accepted (monotonic)
 
-    def watch(self, run_id: str, workflow_id: str) -> EventSink:
+    def watch(self, run_id: str, workflow_id: str, traceparent: str | None) -> EventSink:
         def sink(event: BaseEvent) -> None:
             if event.terminal:
                 self._ended(event)
@@ -183,24 +191,36 @@ def uninstrument() -> None:
 
 class _Tracing:
     def __init__(self, tracer: Any) -> None:
-        self.tracer = tracer
-        self._runs: dict[str, _RunSpans] = {}
+        from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    def watch(self, run_id: str, workflow_id: str) -> EventSink:
+        self.tracer = tracer
+        self.runs: dict[str, _RunSpans] = {}
+        self._propagator = TraceContextTextMapPropagator()
+
+    def traceparent(self) -> str | None:
+        carrier: dict[str, str] = {}
+        self._propagator.inject(carrier)  # nothing when no valid span is current
+        return carrier.get("traceparent")
+
+    def watch(self, run_id: str, workflow_id: str, traceparent: str | None) -> EventSink:
         from opentelemetry import context
 
-        spans = _RunSpans(self, context.get_current())  # the caller's context: the run may go on elsewhere
-        self._runs[run_id] = spans
+        if traceparent is not None:  # created elsewhere (enqueued, or begun by a worker now gone)
+            parent = self._propagator.extract({"traceparent": traceparent}, context.Context())
+        else:
+            parent = context.get_current()  # the caller's context: the run may go on elsewhere
+        spans = _RunSpans(self, parent)
+        self.runs[run_id] = spans
         return spans.on_event
 
     def cancel_requested(self, run_id: str, cause: CancelCause, reason: str | None) -> None:
-        spans = self._runs.get(run_id)
+        spans = self.runs.get(run_id)
         if spans is not None:
             spans.cancel_requested(cause, reason)
 
     def forget(self, run_id: str, spans: _RunSpans) -> None:
-        if self._runs.get(run_id) is spans:
-            del self._runs[run_id]
+        if self.runs.get(run_id) is spans:
+            del self.runs[run_id]
 
 
 def _ns(seconds: float) -> int:
@@ -215,6 +235,11 @@ class _RunSpans:
         self.parent = parent
         self.run: Any = None
         self.steps: dict[Any, Any] = {}  # step key → its open span
+        # Branch threads open and end their steps' spans themselves (``emitted``), so that step code
+        # always finds its span open; the consumer then skips those events (by identity: each is held
+        # here until then, so that its id is never another event's).
+        self._lock = threading.Lock()
+        self._done: dict[int, BaseEvent] = {}
 
     def on_event(self, event: BaseEvent) -> None:
         name = str(event.event)
@@ -223,7 +248,10 @@ class _RunSpans:
         if self.run is None:  # workflow_started, or the end of a queued run cancelled before it started
             self._start_run(event)
         if name in _STEP_EVENTS:
-            self._step_event(name, event)
+            with self._lock:
+                if self._done and self._done.pop(id(event), None) is event:
+                    return
+                self._step_event(name, event)
         elif event.terminal:
             self._end_run(event)
         elif name.startswith("tool_call"):
@@ -234,6 +262,27 @@ class _RunSpans:
         self.run = self.tracing.tracer.start_span(
             "threadflow.run", context=self.parent, attributes=attributes, start_time=_ns(event.created_at)
         )
+
+    def emitted(self, event: BaseEvent) -> None:
+        name = str(event.event)
+        if name in _STEP_EVENTS and self.run is not None:
+            with self._lock:
+                self._step_event(name, event)
+                self._done[id(event)] = event
+
+    def enter(self, step_path: str) -> Any:
+        from opentelemetry import context, trace
+
+        key = tuple(step_path.split("/"))
+        with self._lock:
+            span = self.steps.get(key) or self._parent_of(key)
+        return None if span is None else context.attach(trace.set_span_in_context(span))
+
+    def leave(self, token: Any) -> None:
+        if token is not None:
+            from opentelemetry import context
+
+            context.detach(token)
 
     def _key(self, event: BaseEvent) -> Any:
         path = getattr(event, "step_path", None)
@@ -291,12 +340,13 @@ class _RunSpans:
         failed = status == RunStatus.error.value
         error = Status(StatusCode.ERROR, f"{getattr(event, 'error_type', '')}: {getattr(event, 'error', '')}")
         end = _ns(event.created_at)
-        for span in reversed(list(self.steps.values())):  # the steps still open end with the run
+        with self._lock:
+            open_steps, self.steps = list(self.steps.values()), {}
+        for span in reversed(open_steps):  # the steps still open end with the run
             span.set_attributes(outcome)
             if failed:
                 span.set_status(error)
             span.end(end)
-        self.steps.clear()
         self.run.set_attributes(outcome)
         if failed:
             self.run.set_status(error)

@@ -9,6 +9,7 @@ import re
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Literal, TypedDict, Unpack, overload
 
+from . import _observe
 from ._asyncbridge import until_done
 from ._background import WorkerPool
 from ._gcdefer import drain
@@ -187,17 +188,21 @@ class Workflow:
         sink: Any = None,
         create: bool = True,
         store: RunStore | None = None,
+        traceparent: str | None = None,
     ) -> Runner:
         drain()  # a safe point: finish runs a garbage collection abandoned
         run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
         store = self.store if store is None else store  # a Worker runs a queued run on its own store
         state = RunState(run_id, self.id, self.name, store=store, timeout=timeout, background=background)
+        state.traceparent = traceparent  # a run created elsewhere continues its trace (the Runner reads it)
         if self.debug_mode:
             sink = _debug_sink(sink)
         # The runner exists before the run is registered: should an interrupt lose it on the way to
         # the caller, dropping it finishes the run (Runner.__del__), so no window leaks an entry.
         runner = Runner(self.steps, state, run_input, store=store, sink=sink)
+        if create:  # kept in the record, for whoever resumes it
+            state.traceparent = _observe.traceparent()
         try:
             REGISTRY.add(state)
             if create:  # a queued run a Worker claimed has its record already

@@ -148,7 +148,7 @@ def insert_run(
         cursor.execute("DELETE FROM threadflow_runs WHERE run_id = %s", (pg_text(info.run_id),))
     cursor.execute(
         "INSERT INTO threadflow_runs (run_id, workflow_id, workflow_name, status, created_at, owner, session,"
-        " queued, input, run_timeout) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " queued, input, run_timeout, traceparent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             pg_text(info.run_id),
             pg_text(info.workflow_id),
@@ -160,6 +160,7 @@ def insert_run(
             queued_input is not None,
             queued_input,
             run_timeout,
+            None if info.traceparent is None else pg_text(info.traceparent),
         ),
     )
     if queued_input is not None:
@@ -298,6 +299,8 @@ class Claim:
     cancel_reason: str | None
     run_timeout: float | None
     created_at: float
+    #: The W3C traceparent the run was enqueued under (None without telemetry): its spans continue that trace.
+    traceparent: str | None = None
 
 
 _CLAIM = """
@@ -312,7 +315,7 @@ UPDATE threadflow_runs r SET session = %(session)s, owner = %(owner)s,
     cancel_answer = NULL
 FROM c WHERE r.run_id = c.run_id
 RETURNING r.run_id, r.workflow_id, r.input, r.attempt, c.previous_owner, c.previous_session IS NOT NULL,
-    r.cancel_requested, r.cancel_reason, r.run_timeout, r.created_at
+    r.cancel_requested, r.cancel_reason, r.run_timeout, r.created_at, r.traceparent
 """
 
 _PENDING = "workflow_id = ANY(%(workflows)s) AND status = 'pending' AND queued AND session IS NULL"

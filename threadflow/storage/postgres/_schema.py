@@ -1,6 +1,6 @@
 """The tables, their version, and migrating a database to this threadflow's version.
 
-What the database keeps (schema version 1; ``threadflow_meta.schema_version`` says which):
+What the database keeps (schema version 2; ``threadflow_meta.schema_version`` says which):
 
 - ``threadflow_runs``: one record per run id — the ``RunInfo`` fields; the
   session (a store in one process) that runs it and its ``owner`` text
@@ -8,6 +8,9 @@ What the database keeps (schema version 1; ``threadflow_meta.schema_version`` sa
   ``run_timeout``; the pending cancel request (``cancel_requested``,
   ``cancel_reason``) and the owner's answer. A run id may be used again once
   its run has ended: the new run replaces the old record and log.
+- (version 2) ``threadflow_runs.traceparent``: the W3C traceparent of the span
+  current where the run was created (NULL when telemetry was off), so a
+  worker that runs or resumes it continues that trace.
 - ``threadflow_events``: every event, one row per event, keyed ``(run_id, seq)``;
   ``exact`` is false when the event's content was stored as text because it
   was not JSON (such a step output cannot be resumed from).
@@ -30,7 +33,7 @@ from ._db import Cursor
 __all__ = ["ACTIVE", "NOW", "RUN_COLUMNS", "SCHEMA_VERSION", "TERMINAL", "migrate"]
 
 #: The version of the tables this threadflow writes; older databases are migrated, newer ones refused.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 ACTIVE: Final = [s.value for s in RunStatus if not s.is_terminal]
 TERMINAL: Final = [s.value for s in RunStatus if s.is_terminal]
@@ -38,7 +41,7 @@ TERMINAL: Final = [s.value for s in RunStatus if s.is_terminal]
 NOW: Final = "extract(epoch from clock_timestamp())::double precision"
 RUN_COLUMNS: Final = (
     "run_id, workflow_id, workflow_name, status, cause, reason, step_name, "
-    "error, error_type, created_at, started_at, ended_at, owner, attempt"
+    "error, error_type, created_at, started_at, ended_at, owner, attempt, traceparent"
 )
 
 _LOCK_KEY: Final = 0x7468_7266  # "thrf": the advisory lock that serialises creating/migrating the tables
@@ -87,8 +90,10 @@ _VERSION_1: Final = [
     )""",
 ]
 
-#: MIGRATIONS[v] takes a database at version v to v + 1 (none yet: version 1 is the first).
-MIGRATIONS: Final[dict[int, list[str]]] = {}
+#: MIGRATIONS[v] takes a database at version v to v + 1.
+MIGRATIONS: Final[dict[int, list[str]]] = {
+    1: ["ALTER TABLE threadflow_runs ADD COLUMN IF NOT EXISTS traceparent text"],  # a run keeps its trace
+}
 
 
 def migrate(cursor: Cursor) -> None:

@@ -53,6 +53,8 @@ class Claim:
     resumed: bool
     run_timeout: float | None
     key: int
+    #: The W3C traceparent the run was enqueued under (None without telemetry): its spans continue that trace.
+    traceparent: str | None = None
 
 
 def enqueue_run(conn: Any, *, info: RunInfo, input_json: str, run_timeout: float | None) -> None:
@@ -62,7 +64,8 @@ def enqueue_run(conn: Any, *, info: RunInfo, input_json: str, run_timeout: float
         raise DuplicateRunError(info.run_id)
     conn.execute(
         "INSERT INTO runs (run_id, workflow_id, workflow_name, status, created_at,"
-        f" {OWNER_COLUMNS}, queued, input, run_timeout) VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 1, ?, ?)",
+        f" {OWNER_COLUMNS}, queued, input, run_timeout, traceparent)"
+        " VALUES (?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
         (
             run_id,
             clean_text(info.workflow_id),
@@ -71,6 +74,7 @@ def enqueue_run(conn: Any, *, info: RunInfo, input_json: str, run_timeout: float
             *_NOBODY,
             input_json,
             run_timeout,
+            maybe_text(info.traceparent),
         ),
     )
 
@@ -99,8 +103,9 @@ def claim(conn: Any, *, workflows: list[str], limit: int, inbox: str, orphans: b
 
 
 def _take(conn: Any, key: int, me: RunOwner) -> Claim:
-    run_id, workflow_id, input_json, attempt, run_timeout, host, pid = conn.execute(
-        "SELECT run_id, workflow_id, input, attempt, run_timeout, owner_host, owner_pid FROM runs WHERE run_key = ?",
+    run_id, workflow_id, input_json, attempt, run_timeout, host, pid, traceparent = conn.execute(
+        "SELECT run_id, workflow_id, input, attempt, run_timeout, owner_host, owner_pid, traceparent"
+        " FROM runs WHERE run_key = ?",
         (key,),
     ).fetchone()
     resumed = pid != 0
@@ -112,7 +117,7 @@ def _take(conn: Any, key: int, me: RunOwner) -> Claim:
         (*me, attempt, time.time(), key),
     )
     previous = f"{host}:{pid}" if resumed else None
-    return Claim(run_id, workflow_id, input_json, attempt, previous, resumed, run_timeout, key)
+    return Claim(run_id, workflow_id, input_json, attempt, previous, resumed, run_timeout, key, traceparent)
 
 
 def cancel_unowned(conn: Any, *, run_id: str, reason: str | None) -> bool:

@@ -47,8 +47,8 @@ _OWNER_EXITED_TYPE: Final = "OwnerProcessExited"
 #: The ``error`` recorded for a run of this process whose end could not be written (found when its id is reused).
 _END_NOT_RECORDED: Final = ("the run's end could not be recorded", "RunEndNotRecorded")
 
-#: A record with its owner (``host:pid``, or nobody: a queued run no worker claimed) and attempt.
-SELECT_RUNS: Final = f"SELECT {RUN_COLUMNS}, owner_host, owner_pid, attempt FROM runs"
+#: A record with its owner (``host:pid``, or nobody: a queued run no worker claimed), attempt and traceparent.
+SELECT_RUNS: Final = f"SELECT {RUN_COLUMNS}, owner_host, owner_pid, attempt, traceparent FROM runs"
 SELECT_NEWEST: Final = SELECT_RUNS + " WHERE run_id = ? ORDER BY run_key DESC LIMIT 1"
 _SET_RECORD: Final = (
     "status = ?, cause = ?, reason = ?, step_name = ?, error = ?, error_type = ?,"
@@ -57,12 +57,12 @@ _SET_RECORD: Final = (
 
 
 def info_of(row: Sequence[Any]) -> RunInfo:
-    """The ``RunInfo`` of a row of ``RUN_COLUMNS`` (and, as ``SELECT_RUNS`` reads them, owner and attempt)."""
+    """The ``RunInfo`` of a row of ``RUN_COLUMNS`` (and, as ``SELECT_RUNS`` reads them, owner, attempt, traceparent)."""
     names = RUN_COLUMNS.split(", ")
     fields = dict(zip(names, row[: len(names)], strict=True))
     if len(row) > len(names):
-        host, pid, attempt = row[len(names) :]
-        fields.update(owner=f"{host}:{pid}" if pid else None, attempt=attempt)
+        host, pid, attempt, traceparent = row[len(names) :]
+        fields.update(owner=f"{host}:{pid}" if pid else None, attempt=attempt, traceparent=traceparent)
     return RunInfo(**fields)
 
 
@@ -212,8 +212,8 @@ def insert_run(conn: sqlite3.Connection, buffer: RunBuffer, *, info: RunInfo, in
         else:
             record_abandoned(conn, key=key)
     cursor = conn.execute(
-        f"INSERT INTO runs ({RUN_COLUMNS}, {OWNER_COLUMNS}) VALUES ({', '.join(['?'] * 17)})",
-        (*record, *owner),
+        f"INSERT INTO runs ({RUN_COLUMNS}, {OWNER_COLUMNS}, traceparent) VALUES ({', '.join(['?'] * 18)})",
+        (*record, *owner, maybe_text(info.traceparent)),
     )
     assert cursor.lastrowid is not None
     buffer.key = cursor.lastrowid

@@ -1,6 +1,6 @@
 """The file: its schema, versions and migrations, opening it, and refusing files that are not a run history.
 
-What it keeps (schema version 3; ``meta.schema_version`` says which):
+What it keeps (schema version 4; ``meta.schema_version`` says which):
 
 - ``runs``: one record per run — the ``RunInfo`` fields plus its owner (host,
   pid, process start identity, pid namespace, and the token of its cancel
@@ -13,7 +13,10 @@ What it keeps (schema version 3; ``meta.schema_version`` says which):
 - (version 3) the run queue's columns of ``runs``: ``queued`` runs keep their
   ``input`` and ``run_timeout`` for a worker; until one claims it a queued run's
   owner is nobody (``owner_pid`` 0); ``attempt`` counts resumes; ``unresumable``
-  names completed steps whose output is not JSON (``_queue.py``).
+  names completed steps whose output is not JSON (``_queue.py``);
+- (version 4) ``runs.traceparent``: the W3C traceparent of the span current
+  where the run was created (NULL when telemetry was off), so a worker that
+  runs or resumes it continues that trace.
 
 **Durability.** WAL with ``synchronous=NORMAL``: a committed run survives the
 crash or ``kill -9`` of any process; a power loss can lose the last commits.
@@ -58,7 +61,7 @@ __all__ = [
 ]
 
 #: The version of the layout this threadflow writes; older files are migrated, newer ones refused.
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 ACTIVE: Final = tuple(s.value for s in RunStatus if not s.is_terminal)
 ACTIVE_SQL: Final = ", ".join(f"'{s}'" for s in ACTIVE)
@@ -91,7 +94,8 @@ _RUNS_TABLE: Final = """CREATE TABLE runs (
         input TEXT,
         run_timeout REAL,
         attempt INTEGER NOT NULL DEFAULT 1,
-        unresumable TEXT
+        unresumable TEXT,
+        traceparent TEXT
     )"""
 #: Version 3's queue (``_queue.py``): pending queued runs no worker has claimed (owner_pid 0), oldest first.
 _QUEUE_INDEX: Final = (
@@ -162,8 +166,18 @@ def _to_version_3(conn: sqlite3.Connection) -> None:
     conn.execute(_QUEUE_INDEX.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))
 
 
+def _to_version_4(conn: sqlite3.Connection) -> None:
+    """A run keeps the traceparent it was created under (a version-1 file got it from version 2's new table)."""
+    if "traceparent" not in {row[1] for row in conn.execute("PRAGMA table_info(runs)")}:
+        conn.execute("ALTER TABLE runs ADD COLUMN traceparent TEXT")
+
+
 #: Upgrades from version ``n - 1`` to ``n``, applied in order inside one transaction.
-_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {2: _to_version_2, 3: _to_version_3}
+_MIGRATIONS: Final[dict[int, Callable[[sqlite3.Connection], None]]] = {
+    2: _to_version_2,
+    3: _to_version_3,
+    4: _to_version_4,
+}
 
 
 class transaction:

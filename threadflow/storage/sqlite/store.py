@@ -75,6 +75,9 @@ class SqliteStore(QueueSide):
         self._answers = Answers()
         self._local_runs: LocalRuns | None = None
         self._queued: set[str] = set()  # the queued runs this process runs (``adopt``)
+        # Runs still active when close() was called: nothing more of theirs is written (see close()).
+        self._cut: set[str] = set()
+        self._unwritten: dict[str, RunInfo] = {}  # ...and the ends of theirs dropped: this process answers with them
         # Dropped without close(): wake the writer (it sees the store gone and exits), close the connection.
         finalizer = weakref.finalize(self, _release, self._writes.wake, self._shared)
         finalizer.atexit = False  # at exit, daemon threads may still be using them
@@ -113,6 +116,7 @@ class SqliteStore(QueueSide):
         """
         if self.readonly:
             raise StoreError(f"{self.path}: the run history is opened read-only")
+        self._unwritten.pop(info.run_id, None)  # a new run with that id: the file's record is the newer
         buffer = RunBuffer(info.run_id)
         with self._writes.lock:  # registered first: the writer flushes on a timer while runs are active
             self._buffers[info.run_id] = buffer
@@ -150,6 +154,9 @@ class SqliteStore(QueueSide):
         process's reads answer with it meanwhile, ``last_error`` says why, and
         ``flush()`` raises ``StoreError`` until it is written.
         """
+        if self._cut and info.run_id in self._cut:
+            self._drop_end(info)
+            return
         buffer = self._buffers.get(info.run_id) or RunBuffer(info.run_id)
         end = functools.partial(end_run, info=info)
         try:
@@ -170,6 +177,13 @@ class SqliteStore(QueueSide):
     def close(self) -> None:
         """Flush, stop the writer thread and close the connections: the file is not touched after. Idempotent.
 
+        A run still active on the store goes on (its outcome is its own), but
+        nothing more of it is written: its later events and its end are
+        dropped, with one warning (logger ``threadflow``) when it ends; its
+        record in the file stays as it was at ``close()`` (a reader judges it
+        by its owner, like any run whose end was never written). Runs started
+        on the store after ``close()`` open the file again.
+
         ``StoreError`` if something could not be written (a run's end left
         unwritten is then recorded as abandoned by a reader once this process
         has exited).
@@ -182,8 +196,27 @@ class SqliteStore(QueueSide):
                 logger.error("threadflow: %s: closed before the end of run %s could be recorded", self.path, run_id)
             raise
         finally:
+            self._cut_active_runs()
             self._writes.stop()
             self._shared.close()
+
+    def _cut_active_runs(self) -> None:
+        """Stop recording the runs still active: ``append`` finds no buffer, ``run_ended`` drops the end."""
+        with self._writes.lock:
+            self._cut.update(self._buffers)
+            self._buffers.clear()
+
+    def _drop_end(self, info: RunInfo) -> None:
+        self._cut.discard(info.run_id)
+        self._unwritten[info.run_id] = info
+        self._queued.discard(info.run_id)
+        logger.warning(
+            "threadflow: %s: run %s ended %s after the store was closed: its end and its events since the close "
+            "were not written (the record in the file stays as it was at close)",
+            self.path,
+            info.run_id,
+            RunStatus(info.status).value,
+        )
 
     def buffered_events(self) -> int:
         """Events this process's runs have handed the store that are not yet written (nor dropped)."""
@@ -198,9 +231,9 @@ class SqliteStore(QueueSide):
         if not isinstance(run_id, str):
             return None
         run_id = clean_text(run_id)
-        owed = self._writes.owed_info(run_id)
+        owed = self._writes.owed_info(run_id) or self._unwritten.get(run_id)
         if owed is not None:
-            return owed  # ended here, not written yet: never shown as still running
+            return owed  # ended here, not written (yet): never shown here as still running
         rows = self._shared.read(SELECT_NEWEST, (run_id,))
         if not rows:
             return None
@@ -232,7 +265,7 @@ class SqliteStore(QueueSide):
         sql = SELECT_RUNS + (" WHERE " + " AND ".join(where) if where else "")
         sql += " ORDER BY created_at DESC, run_key DESC LIMIT ?"
         infos = [info_of(row) for row in self._shared.read(sql, [*params, -1 if limit is None else limit])]
-        return [self._writes.owed_info(info.run_id) or info for info in infos]
+        return [self._writes.owed_info(info.run_id) or self._unwritten.get(info.run_id) or info for info in infos]
 
     def run_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Up to ``limit`` distinct run ids that start with ``prefix``, newest first (as git takes a short hash)."""
