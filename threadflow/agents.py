@@ -222,15 +222,26 @@ def _response_format(schema: type[BaseModel]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
 
 
+#: How much of a model's unusable tool arguments an error quotes.
+_QUOTED_ARGUMENTS = 200
+
+
 def _parse_arguments(arguments: str) -> tuple[dict[str, Any], str | None]:
     """The model's arguments as a dict, or an error that says why they are not one."""
     try:
         args = json.loads(arguments or "{}")
-    except json.JSONDecodeError as error:
-        return {}, f"the arguments are not valid JSON ({error}): {arguments!r}"
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than json can read
+        return {}, f"the arguments are not valid JSON ({error}): {_excerpt(arguments)}"
     if not isinstance(args, dict):
-        return {}, f"the arguments must be a JSON object, not {arguments!r}"
+        return {}, f"the arguments must be a JSON object, not {_excerpt(arguments)}"
     return args, None
+
+
+def _excerpt(arguments: str) -> str:
+    """The arguments as quoted in an error the model reads: a model's huge output is not sent back whole."""
+    if len(arguments) <= _QUOTED_ARGUMENTS:
+        return repr(arguments)
+    return f"{arguments[:_QUOTED_ARGUMENTS]!r}... ({len(arguments)} characters)"
 
 
 def _assistant_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:
