@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
 from conftest import WAIT
 
-from threadflow import Agent, RunStatus, Workflow
+from threadflow import Agent, RunStatus, StepInput, Workflow
 from threadflow.testing import ScriptedModel, ToolCall
 
 # -- composition ---------------------------------------------------------------------------
@@ -100,6 +101,52 @@ def test_huge_unusable_tool_arguments_are_quoted_short() -> None:
     completed = [e for e in events if getattr(e, "event", None) == "tool_call_completed"]
     assert len(content) < 1000 and "1000011 characters" in content
     assert len(completed) == 1 and len(str(completed[0].error)) < 1000  # type: ignore[attr-defined]
+
+
+# -- scale-out -----------------------------------------------------------------------------
+
+
+def shout(step_input: StepInput) -> str:
+    return str(step_input.input).upper()
+
+
+def test_two_sessions_enqueueing_one_new_run_id_at_once_get_one_duplicate_run_error(pg_dsn: str) -> None:
+    """``SELECT ... FOR UPDATE`` locks nothing when the row does not exist yet: both inserted, and the
+    loser got psycopg's raw ``UniqueViolation`` instead of ``DuplicateRunError``."""
+    pytest.importorskip("psycopg")
+    from threadflow.exceptions import DuplicateRunError
+    from threadflow.storage import PostgresStore
+
+    stores = [PostgresStore(pg_dsn), PostgresStore(pg_dsn)]
+    try:
+        flows = [Workflow("q", steps=[shout], store=store) for store in stores]
+        for attempt in range(10):
+            outcomes = _enqueue_at_once(flows, f"dup-{attempt}")
+            assert sorted(type(o).__name__ for o in outcomes) == ["DuplicateRunError", "str"], outcomes
+            assert any(isinstance(o, DuplicateRunError) for o in outcomes)
+    finally:
+        for store in stores:
+            store.close()
+
+
+def _enqueue_at_once(flows: list[Workflow], run_id: str) -> list[object]:
+    """Each flow enqueues ``run_id`` in a thread of its own, released together; the run ids or errors."""
+    together = threading.Barrier(len(flows), timeout=WAIT)
+    outcomes: list[object] = []
+
+    def enqueue(flow: Workflow) -> None:
+        together.wait()
+        try:
+            outcomes.append(flow.enqueue("x", run_id=run_id).run_id)
+        except Exception as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=enqueue, args=(flow,)) for flow in flows]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    return outcomes
 
 
 # -- the dashboard and HTTP ----------------------------------------------------------------

@@ -148,7 +148,10 @@ def insert_run(
         cursor.execute("DELETE FROM threadflow_runs WHERE run_id = %s", (pg_text(info.run_id),))
     cursor.execute(
         "INSERT INTO threadflow_runs (run_id, workflow_id, workflow_name, status, created_at, owner, session,"
-        " queued, input, run_timeout) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " queued, input, run_timeout) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        # FOR UPDATE above locks no row when there is none: two sessions creating one new id
+        # both get here, and the second waits for the first's commit, then finds its row.
+        " ON CONFLICT (run_id) DO NOTHING",
         (
             pg_text(info.run_id),
             pg_text(info.workflow_id),
@@ -162,6 +165,8 @@ def insert_run(
             run_timeout,
         ),
     )
+    if cursor.rowcount == 0:
+        raise DuplicateRunError(info.run_id)
     if queued_input is not None:
         cursor.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, pg_text(info.workflow_id)))
 
