@@ -214,3 +214,15 @@ def test_a_session_cookie_is_dead_after_logout() -> None:
         client.cookies.set(SESSION_COOKIE, token)  # replayed
         assert client.get("/runs").status_code == 401
         assert client.post("/workflows/echo/runs", json={}, headers={CSRF_HEADER: csrf}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "raw", [b"[" * 20_000, b'[NaN, "r"]', b'[Infinity, "r"]', b'[-Infinity, "r"]', b'[1e999, "r"]']
+)
+def test_a_hostile_runs_cursor_is_a_422_not_a_500(open_server: object, raw: bytes) -> None:
+    """A cursor nested too deep made ``json.loads`` raise RecursionError: a 500. Non-finite times were taken."""
+    import base64
+
+    cursor = base64.urlsafe_b64encode(raw).decode()
+    answer = open_server.get("/runs", params={"cursor": cursor})  # type: ignore[attr-defined]
+    assert answer.status_code == 422, answer.text
