@@ -103,6 +103,21 @@ def test_huge_unusable_tool_arguments_are_quoted_short() -> None:
     assert len(completed) == 1 and len(str(completed[0].error)) < 1000  # type: ignore[attr-defined]
 
 
+def test_an_answer_failing_output_schema_is_quoted_short_in_the_error() -> None:
+    """The error (event, record, ``WorkflowError``) carried the model's whole answer: 5 MB here."""
+    from pydantic import BaseModel
+
+    class Answer(BaseModel):
+        x: int
+
+    model = ScriptedModel(['{"x": "' + "y" * 5_000_000 + '"}'])
+    out = Workflow("schema", steps=[Agent(model=model, output_schema=Answer)]).run("hi", stream=True)
+    events = list(out)
+    assert out.output is not None and out.output.status is RunStatus.error
+    assert len(out.output.error or "") < 1000 and "5000009 characters" in (out.output.error or "")
+    assert len(str(events[-1].error)) < 1000  # type: ignore[attr-defined]
+
+
 # -- scale-out -----------------------------------------------------------------------------
 
 
