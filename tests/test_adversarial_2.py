@@ -164,6 +164,48 @@ def _enqueue_at_once(flows: list[Workflow], run_id: str) -> list[object]:
     return outcomes
 
 
+def test_a_cancel_answered_true_for_a_run_whose_owner_vanished_ends_it_cancelled(pg_dsn: str) -> None:
+    """``request_cancel`` answers True ("orphaned") for a run whose owner stopped renewing its lease;
+    the sweep that then ends such a run (not from the queue, so nobody resumes it) recorded it ``error``
+    (OwnerLost): True did not mean cancelled."""
+    pytest.importorskip("psycopg")
+    import time
+
+    from threadflow.events import WorkflowStartedEvent
+    from threadflow.status import RunInfo
+    from threadflow.storage import PostgresStore
+    from threadflow.testing import wait_until
+
+    front, sweeper, dead = PostgresStore(pg_dsn), PostgresStore(pg_dsn), PostgresStore(pg_dsn, lease_seconds=0.2)
+    try:
+        base = {"run_id": "vanished", "workflow_id": "plain", "workflow_name": "plain"}
+        dead.run_created(RunInfo(**base, status=RunStatus.running, created_at=time.time()))
+        dead.append(WorkflowStartedEvent(seq=1, created_at=time.time(), **base))
+        dead.flush()
+        dead._runs.clear()  # the process is gone: its lease stops being renewed
+        assert wait_until(lambda: _lapsed(front, "vanished"), WAIT)
+        assert front.request_cancel("vanished", "stop it") is True
+        assert sweeper.end_orphans() == 1
+        info = front.get_run("vanished")
+        assert info is not None and info.status is RunStatus.cancelled and info.reason == "stop it"
+        events = list(front.events("vanished"))
+        assert [e.seq for e in events] == [1, 2] and events[-1].event == "workflow_cancelled"
+    finally:
+        for store in (front, sweeper, dead):
+            store.close()
+
+
+def _lapsed(store: object, run_id: str) -> bool:
+    """Whether the session owning ``run_id`` has let its lease lapse (read as the sweep reads it)."""
+    from threadflow.storage.postgres._schema import NOW
+
+    sql = (
+        "SELECT NOT EXISTS (SELECT 1 FROM threadflow_sessions s WHERE s.session = r.session"
+        f" AND s.lease_until >= {NOW}) FROM threadflow_runs r WHERE run_id = %s"
+    )
+    return bool(store._db.read(sql, (run_id,))[0][0])  # type: ignore[attr-defined]
+
+
 # -- the dashboard and HTTP ----------------------------------------------------------------
 
 

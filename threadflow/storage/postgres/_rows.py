@@ -253,10 +253,14 @@ def _append_ended(cursor: Cursor, run_id: str, events: list[BaseEvent], info: di
 
 
 def end_with_error(cursor: Cursor, run_id: str, message: str, error_type: str, *, session: str | None) -> None:
-    """End an active run ``error`` with a ``workflow_error`` event at the next ``seq`` (no process runs it)."""
+    """End an active run ``error`` with a ``workflow_error`` event at the next ``seq`` (no process runs it).
+
+    A run with a cancel request ends ``cancelled`` instead: ``request_cancel``
+    answered True for it ("orphaned"), and True means cancelled.
+    """
     cursor.execute(
-        "SELECT workflow_id, workflow_name, step_name FROM threadflow_runs WHERE run_id = %s"
-        " AND status = ANY(%s) AND session IS NOT DISTINCT FROM %s FOR UPDATE",
+        "SELECT workflow_id, workflow_name, step_name, cancel_requested, cancel_reason FROM threadflow_runs"
+        " WHERE run_id = %s AND status = ANY(%s) AND session IS NOT DISTINCT FROM %s FOR UPDATE",
         (run_id, ACTIVE, session),
     )
     row = cursor.fetchone()
@@ -267,10 +271,14 @@ def end_with_error(cursor: Cursor, run_id: str, message: str, error_type: str, *
     events: list[BaseEvent] = []
     if seq == 0:
         events.append(WorkflowStartedEvent(seq=1, **base))
+    seq += len(events) + 1
+    if row[3]:
+        cause = CancelCause.requested
+        events.append(WorkflowCancelledEvent(seq=seq, reason=row[4], cause=cause, step_name=row[2], **base))
+        _append_ended(cursor, run_id, events, {"status": "cancelled", "cause": cause.value, "reason": row[4]})
+        return
     message = pg_text(message) or ""
-    events.append(
-        WorkflowErrorEvent(seq=seq + len(events) + 1, error=message, error_type=error_type, step_name=row[2], **base)
-    )
+    events.append(WorkflowErrorEvent(seq=seq, error=message, error_type=error_type, step_name=row[2], **base))
     _append_ended(cursor, run_id, events, {"status": "error", "error": message, "error_type": error_type})
 
 
