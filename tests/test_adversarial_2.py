@@ -118,6 +118,44 @@ def test_an_answer_failing_output_schema_is_quoted_short_in_the_error() -> None:
     assert len(str(events[-1].error)) < 1000  # type: ignore[attr-defined]
 
 
+def _in_connect() -> bool:
+    """Whether some thread is blocked in a TCP connect (its innermost Python frame makes the call)."""
+    frames = sys._current_frames().values()
+    return any(frame.f_code.co_name in ("create_connection", "_connect") for frame in frames)
+
+
+def test_a_cancel_during_the_tcp_connect_lands_at_once() -> None:
+    """A server whose accept queue is full drops the SYN: the cancel waited for the connect timeout
+    (60 s by default) before the run ended."""
+    pytest.importorskip("httpx")
+    import socket
+    import time
+
+    from threadflow.models import OpenAIChat
+    from threadflow.testing import wait_until
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = [socket.socket() for _ in range(4)]  # fill the accept queue: later SYNs are dropped
+    for filler in fillers:
+        filler.setblocking(False)
+        filler.connect_ex(("127.0.0.1", port))
+    model = OpenAIChat("m", base_url=f"http://127.0.0.1:{port}/v1", timeout=WAIT * 2, max_retries=0)
+    try:
+        handle = Workflow("connect", steps=[Agent(model=model)]).run("hi", background=True)
+        assert wait_until(_in_connect, WAIT)
+        began = time.monotonic()
+        assert handle.cancel("stop")
+        assert handle.wait(WAIT) and handle.status is RunStatus.cancelled
+        assert time.monotonic() - began < WAIT / 2
+    finally:
+        model.close()
+        for sock in (*fillers, listener):
+            sock.close()
+
+
 # -- scale-out -----------------------------------------------------------------------------
 
 
