@@ -233,6 +233,31 @@ def test_a_cancel_answered_true_for_a_run_whose_owner_vanished_ends_it_cancelled
             store.close()
 
 
+def test_a_run_whose_worker_died_before_its_first_event_still_logs_workflow_started_first(pg_dsn: str) -> None:
+    """Claimed, then killed before its writer logged anything: the resumed log began with
+    ``workflow_resumed`` at seq 1, failing ``check_run_events`` (``workflow_started`` first)."""
+    pytest.importorskip("psycopg")
+    from threadflow import Worker
+    from threadflow.storage import PostgresStore
+    from threadflow.testing import check_run_events, wait_until
+
+    front, back, dead = PostgresStore(pg_dsn), PostgresStore(pg_dsn), PostgresStore(pg_dsn, lease_seconds=0.2)
+    try:
+        handle = Workflow("queued", steps=[shout], store=front).enqueue("hi")
+        [claim] = dead.claim(["queued"], 1)
+        dead.adopt(claim)
+        dead._writer.holders = 0
+        dead._runs.clear()
+        assert wait_until(lambda: _lapsed(front, handle.run_id), WAIT)
+        with Worker(Workflow("queued", steps=[shout], store=back), back, lease_seconds=1.0):
+            assert handle.result(WAIT).content == "HI"
+        events = check_run_events(front.events(handle.run_id))
+        assert [e.event for e in events[:2]] == ["workflow_started", "workflow_resumed"]
+    finally:
+        for store in (front, back, dead):
+            store.close()
+
+
 def _lapsed(store: object, run_id: str) -> bool:
     """Whether the session owning ``run_id`` has let its lease lapse (read as the sweep reads it)."""
     from threadflow.storage.postgres._schema import NOW
