@@ -71,6 +71,47 @@ def test_ctrl_c_while_the_consumer_waits_for_branch_events_reaches_it_at_once() 
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
 
 
+def test_a_cancel_that_wins_over_a_failing_branch_is_reported_to_telemetry() -> None:
+    """The cancel was accepted (the run ends ``cancelled``) but returned before telling the observer:
+    no cancel-latency sample, no ``threadflow.cancel_requested`` span event."""
+    import threadflow
+    from threadflow import _observe
+    from threadflow.compose import Parallel
+    from threadflow.steps import Step
+
+    heard: list[tuple[str, str | None]] = []
+
+    class Observer:
+        def watch(self, run_id: str, workflow_id: str) -> None:
+            return None
+
+        def cancel_requested(self, run_id: str, cause: object, reason: str | None) -> None:
+            heard.append((run_id, reason))
+
+    sleeping = threading.Event()
+
+    def failing(si: StepInput) -> None:
+        assert sleeping.wait(WAIT)
+        raise ValueError("first")
+
+    def cleanup_cancels(si: StepInput) -> None:
+        ctx = threadflow.get_context()
+        try:
+            sleeping.set()
+            ctx.sleep(60)
+        finally:
+            threadflow.cancel_run(ctx.run_id, "late")  # while the failure stops the run
+
+    flow = Workflow("w", steps=[Parallel(Step("cleaner", executor=cleanup_cancels), Step("failing", executor=failing))])
+    previous = _observe.OBSERVER
+    _observe.set_observer(Observer())
+    try:
+        out = flow.run()
+    finally:
+        _observe.set_observer(previous)
+    assert out.status is RunStatus.cancelled and heard == [(out.run_id, "late")]
+
+
 # -- models and tools ----------------------------------------------------------------------
 
 
