@@ -46,6 +46,10 @@ __all__ = ["BRANCH_THREAD_NAME", "POOL", "BranchPool", "run_branches"]
 
 BRANCH_THREAD_NAME = "threadflow-branch"
 _IDLE_EXIT_SECONDS = 5.0
+# The consumer waits for branch events in slices of this: a SIGINT that lands just as it starts
+# to block (the GIL handover to a branch thread makes that common) would otherwise not raise
+# KeyboardInterrupt until the next branch event, perhaps never.
+_POLL_SECONDS = 0.1
 _local = threading.local()
 
 
@@ -205,7 +209,10 @@ class _Group:
         """Hand the branches' events on, in the consumer's thread, until the last branch has ended."""
         get, sink = self.channel.get, root.sink
         while True:
-            item = get()
+            try:
+                item = get(True, _POLL_SECONDS)
+            except Empty:
+                continue  # back in Python for a moment: a Ctrl+C that came meanwhile is raised here
             if item is _WAKE:
                 if self.finished:
                     return

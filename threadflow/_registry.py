@@ -244,18 +244,21 @@ class Registry:
         own run.
         """
         me = threading.get_ident()
+        new = False  # accepted by this call: telemetry hears of it (outside the lock, like every callback)
+        callbacks: list[Callable[[], object]] | None = None
         with self.lock:
             if state.status not in ACTIVE_STATUSES:
                 return False
             if state.failing:  # a failure is stopping the run: this cancel is accepted, and wins
                 state.failing = False
                 state.cause, state.reason, state.status = cause, reason, RunStatus.cancelling
+                new = True
             if state.cancel_requested:
-                running = state.callbacks_running
+                running = state.callbacks_running  # not None: another thread runs them; wait below
                 if running is None or running[1] == me or callbacks_elsewhere:
-                    return True
+                    running = None
             else:
-                state.cancel_requested = True
+                state.cancel_requested = new = True
                 state.cause = cause
                 state.reason = reason
                 state.status = RunStatus.cancelling
@@ -266,7 +269,7 @@ class Registry:
                     # The thread that runs the callbacks is named once it runs them (see _run_callbacks).
                     state.callbacks_running = [threading.Event(), None if callbacks_elsewhere else me]
                 running = None
-        if running is None:  # accepted now: tell telemetry (outside the lock, like every callback)
+        if new:
             _observe.cancel_requested(state.run_id, cause, reason)
         if running is not None:  # another thread is running the callbacks
             running[0].wait()

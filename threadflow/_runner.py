@@ -440,9 +440,9 @@ class Runner(Lane):
         """Run every step, yielding each event; ends with exactly one terminal event."""
         try:
             self._begin()
-            if self._resumed is None:
+            if self._resumed is None or not self.seq:  # resumed with nothing logged: the log still starts so
                 yield self.emit(WorkflowStartedEvent)
-            else:
+            if self._resumed is not None:
                 yield self.emit(WorkflowResumedEvent, **self._resumed)
             for index, step in enumerate(self.steps):
                 if index < self._first_step:

@@ -188,7 +188,7 @@ class Agent:
         except ValidationError as error:
             raise ValueError(
                 f"agent {self.name!r}: the model's answer is not a valid {self.output_schema.__name__} "
-                f"({error.error_count()} error(s): {error.errors()[0]['msg']}); the answer was: {text!r}"
+                f"({error.error_count()} error(s): {error.errors()[0]['msg']}); the answer was: {_excerpt(text)}"
             ) from error
 
     def __repr__(self) -> str:
@@ -222,15 +222,26 @@ def _response_format(schema: type[BaseModel]) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": {"name": schema.__name__, "schema": schema.model_json_schema()}}
 
 
+#: How much of a model's unusable output (tool arguments, an answer that fails output_schema) an error quotes.
+_QUOTED_TEXT = 200
+
+
 def _parse_arguments(arguments: str) -> tuple[dict[str, Any], str | None]:
     """The model's arguments as a dict, or an error that says why they are not one."""
     try:
         args = json.loads(arguments or "{}")
-    except json.JSONDecodeError as error:
-        return {}, f"the arguments are not valid JSON ({error}): {arguments!r}"
+    except (ValueError, RecursionError) as error:  # RecursionError: nested deeper than json can read
+        return {}, f"the arguments are not valid JSON ({error}): {_excerpt(arguments)}"
     if not isinstance(args, dict):
-        return {}, f"the arguments must be a JSON object, not {arguments!r}"
+        return {}, f"the arguments must be a JSON object, not {_excerpt(arguments)}"
     return args, None
+
+
+def _excerpt(text: str) -> str:
+    """A model's text as an error quotes it: a huge one is not copied whole into messages, events and logs."""
+    if len(text) <= _QUOTED_TEXT:
+        return repr(text)
+    return f"{text[:_QUOTED_TEXT]!r}... ({len(text)} characters)"
 
 
 def _assistant_message(text: str, calls: list[ToolCall]) -> dict[str, Any]:

@@ -12,8 +12,11 @@ streams report their socket to the ``Abort`` of the request now running in
 this thread (httpcore's sync pool does all its I/O in the caller's thread).
 ``Abort.abort()`` — from an ``on_cancel`` callback — shuts that socket down;
 httpcore then sees a dead connection and drops it from the pool, so the pool
-stays usable. A connection still being opened (TCP connect) is shut down as
-soon as it is first used.
+stays usable.
+
+The TCP connect is abortable too: the backend connects sockets itself
+(``_connect``) and hands each to the ``Abort`` first, since a ``shutdown()``
+of a connecting socket makes its blocked ``connect()`` return at once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 
 import httpcore
 import httpx
+from httpcore._backends.sync import SyncStream  # the stream httpcore's own backend wraps a socket in
 
 __all__ = ["Abort", "AbortableTransport"]
 
@@ -66,6 +70,36 @@ class Abort:
             self._sock = sock
             if self.aborted and sock is not None:
                 _shutdown(sock)
+
+
+def _connect(
+    abort: Abort, address: tuple[str, int], timeout: float | None, source: tuple[str, int] | None
+) -> socket.socket:
+    """``socket.create_connection``, with each socket given to ``abort`` before it connects.
+
+    A blocked ``connect()`` (a server whose accept queue is full, a host that
+    drops the SYN) returns at once when another thread shuts its socket down,
+    so a cancel no longer waits for the connect timeout.
+    """
+    error: OSError | None = None
+    for family, kind, proto, _, target in socket.getaddrinfo(*address, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            abort._attach(sock)
+            if abort.aborted:  # cancelled before this socket was attached: don't start
+                raise ConnectionAbortedError("the request was aborted")
+            sock.settimeout(timeout)
+            if source is not None:
+                sock.bind(source)
+            sock.connect(target)
+        except OSError as failed:
+            sock.close()
+            error = failed
+            if abort.aborted:
+                break
+        else:
+            return sock
+    raise error if error is not None else OSError(f"getaddrinfo returned nothing for {address!r}")
 
 
 def _shutdown(sock: socket.socket) -> None:
@@ -117,7 +151,20 @@ class _Backend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.NetworkStream:
-        return _Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        abort: Abort | None = getattr(_ACTIVE, "abort", None)
+        if abort is None:
+            return _Stream(self._inner.connect_tcp(host, port, timeout, local_address, socket_options))
+        source = None if local_address is None else (local_address, 0)
+        try:
+            sock = _connect(abort, (host, port), timeout, source)
+            for option in socket_options or ():
+                sock.setsockopt(*option)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except TimeoutError as error:  # as httpcore's own backend maps them
+            raise httpcore.ConnectTimeout(error) from error
+        except OSError as error:
+            raise httpcore.ConnectError(error) from error
+        return _Stream(SyncStream(sock))
 
     def connect_unix_socket(
         self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None

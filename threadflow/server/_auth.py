@@ -19,6 +19,7 @@ import secrets
 import time
 from http.cookies import SimpleCookie
 from importlib import resources
+from urllib.parse import urlsplit
 
 from starlette.responses import HTMLResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -48,6 +49,9 @@ class Sessions:
 
     def __init__(self) -> None:
         self._secret = secrets.token_bytes(32)
+        # Logged-out sessions' nonces, by expiry: a copy of the cookie (a proxy log, a shared
+        # machine) must not outlive the logout. Kept until they would have expired anyway.
+        self._revoked: dict[str, int] = {}
 
     def _sign(self, text: str) -> str:
         return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
@@ -62,7 +66,17 @@ class Sessions:
         nonce, _, signature = rest.partition(".")
         if not expiry.isdigit() or not hmac.compare_digest(self._sign(f"{expiry}.{nonce}"), signature):
             return None
-        return nonce if int(expiry) > time.time() else None
+        return nonce if int(expiry) > time.time() and nonce not in self._revoked else None
+
+    def revoke(self, token: str) -> None:
+        """Log the session ``token`` out for good (if it is a live one of ours)."""
+        nonce = self.nonce(token)
+        if nonce is None:
+            return
+        now = time.time()
+        for old in [n for n, expiry in self._revoked.items() if expiry <= now]:
+            del self._revoked[old]  # expired anyway: nonce() refuses them without help
+        self._revoked[nonce] = int(token.partition(".")[0])
 
     def csrf(self, nonce: str) -> str:
         return self._sign(f"csrf.{nonce}")
@@ -124,9 +138,12 @@ class Auth:
             raise RuntimeError(f"threadflow's API key check does not know ASGI scopes of type {kind!r}")
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response: Response | None
         if scope["path"] == "/session":
             response = await self._session_route(scope, receive)
-        elif self._key is None or self._bearer(scope):
+        elif self._key is None:
+            response = _cross_site(scope)
+        elif self._bearer(scope):
             response = None
         else:
             response = self._by_session(scope)
@@ -200,9 +217,38 @@ class Auth:
         refused = self._by_session(scope) if self._key is not None and not self._bearer(scope) else None
         if refused is not None:
             return refused
+        token = _cookie(scope)
+        if token:
+            self.sessions.revoke(token)
         response = JSONAnswer({"auth": self._key is not None, "csrf": None})
         response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
         return response
+
+
+def _cross_site(scope: Scope) -> Response | None:
+    """403 for a change a browser sends on behalf of another site's page, to a server without a key.
+
+    Without a key nothing else stops a page the user visits from posting
+    (as a "simple" ``text/plain`` request, which needs no CORS preflight) to a
+    server on their machine: starting runs with its input, cancelling them.
+    Browsers say where a request comes from (``Sec-Fetch-Site``, else
+    ``Origin``); programs send neither and pass.
+    """
+    if scope["method"] in _SAFE_METHODS:
+        return None
+    site = _header(scope, b"sec-fetch-site")
+    if site is not None:
+        foreign = site not in (b"same-origin", b"none")
+    else:
+        origin = _header(scope, b"origin")
+        foreign = origin is not None and urlsplit(origin.decode("latin-1")).netloc.lower() != _host(scope)
+    if foreign:
+        return error(403, "a change sent from another site's page is refused")
+    return None
+
+
+def _host(scope: Scope) -> str:
+    return (_header(scope, b"host") or b"").decode("latin-1").lower()
 
 
 async def _small_body(receive: Receive) -> bytes:

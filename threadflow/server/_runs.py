@@ -13,6 +13,7 @@ import base64
 import binascii
 import inspect
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -59,9 +60,11 @@ def decode_cursor(cursor: str) -> _Key | None:
     """The ``(created_at, run_id)`` a cursor names, or None for text that is no cursor of ours."""
     try:
         created_at, run_id = json.loads(base64.urlsafe_b64decode(cursor.encode("ascii")))
-    except (ValueError, TypeError, UnicodeError, binascii.Error):
+    except (ValueError, TypeError, UnicodeError, binascii.Error, RecursionError):  # "[[[[...": too deep for json
         return None
     if isinstance(created_at, bool) or not isinstance(created_at, int | float) or not isinstance(run_id, str):
+        return None
+    if not math.isfinite(created_at):  # NaN / Infinity: json reads them, but no run was created then
         return None
     return (float(created_at), run_id)
 

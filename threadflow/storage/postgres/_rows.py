@@ -148,7 +148,10 @@ def insert_run(
         cursor.execute("DELETE FROM threadflow_runs WHERE run_id = %s", (pg_text(info.run_id),))
     cursor.execute(
         "INSERT INTO threadflow_runs (run_id, workflow_id, workflow_name, status, created_at, owner, session,"
-        " queued, input, run_timeout, traceparent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " queued, input, run_timeout, traceparent) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        # FOR UPDATE above locks no row when there is none: two sessions creating one new id
+        # both get here, and the second waits for the first's commit, then finds its row.
+        " ON CONFLICT (run_id) DO NOTHING",
         (
             pg_text(info.run_id),
             pg_text(info.workflow_id),
@@ -163,6 +166,8 @@ def insert_run(
             None if info.traceparent is None else pg_text(info.traceparent),
         ),
     )
+    if cursor.rowcount == 0:
+        raise DuplicateRunError(info.run_id)
     if queued_input is not None:
         cursor.execute("SELECT pg_notify(%s, %s)", (QUEUE_CHANNEL, pg_text(info.workflow_id)))
 
@@ -249,10 +254,14 @@ def _append_ended(cursor: Cursor, run_id: str, events: list[BaseEvent], info: di
 
 
 def end_with_error(cursor: Cursor, run_id: str, message: str, error_type: str, *, session: str | None) -> None:
-    """End an active run ``error`` with a ``workflow_error`` event at the next ``seq`` (no process runs it)."""
+    """End an active run ``error`` with a ``workflow_error`` event at the next ``seq`` (no process runs it).
+
+    A run with a cancel request ends ``cancelled`` instead: ``request_cancel``
+    answered True for it ("orphaned"), and True means cancelled.
+    """
     cursor.execute(
-        "SELECT workflow_id, workflow_name, step_name FROM threadflow_runs WHERE run_id = %s"
-        " AND status = ANY(%s) AND session IS NOT DISTINCT FROM %s FOR UPDATE",
+        "SELECT workflow_id, workflow_name, step_name, cancel_requested, cancel_reason FROM threadflow_runs"
+        " WHERE run_id = %s AND status = ANY(%s) AND session IS NOT DISTINCT FROM %s FOR UPDATE",
         (run_id, ACTIVE, session),
     )
     row = cursor.fetchone()
@@ -263,10 +272,14 @@ def end_with_error(cursor: Cursor, run_id: str, message: str, error_type: str, *
     events: list[BaseEvent] = []
     if seq == 0:
         events.append(WorkflowStartedEvent(seq=1, **base))
+    seq += len(events) + 1
+    if row[3]:
+        cause = CancelCause.requested
+        events.append(WorkflowCancelledEvent(seq=seq, reason=row[4], cause=cause, step_name=row[2], **base))
+        _append_ended(cursor, run_id, events, {"status": "cancelled", "cause": cause.value, "reason": row[4]})
+        return
     message = pg_text(message) or ""
-    events.append(
-        WorkflowErrorEvent(seq=seq + len(events) + 1, error=message, error_type=error_type, step_name=row[2], **base)
-    )
+    events.append(WorkflowErrorEvent(seq=seq, error=message, error_type=error_type, step_name=row[2], **base))
     _append_ended(cursor, run_id, events, {"status": "error", "error": message, "error_type": error_type})
 
 
