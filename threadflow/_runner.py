@@ -65,6 +65,9 @@ _time = time.time
 
 EventSink = Callable[[BaseEvent], None]
 
+#: What ``emit`` returns in a run nobody listens to (``Runner.mute``): no event is built.
+UNHEARD = cast("BaseEvent", None)
+
 
 class StepFailed(Exception):
     """A step raised (after its retries); the step's exception is ``error``."""
@@ -108,14 +111,29 @@ class Lane:
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
         #: "" for top-level steps; "fanout/" inside the composite step "fanout".
         self.prefix = ""
-        #: The run's own lane, where branch events are numbered and recorded.
-        self.root: Runner = cast("Runner", self)
+        self._root: Runner | None = None  # a branch's run lane; None in the run's own lane (no self-cycle)
+        #: Nobody listens (``Runner.mute``): events are numbered, never built.
+        self.quiet = False
+
+    @property
+    def root(self) -> Runner:
+        """The run's own lane, where branch events are numbered and recorded.
+
+        Not stored on the run's lane itself: a reference to itself would make
+        every run cyclic garbage, left for the garbage collector to find.
+        """
+        return self._root if self._root is not None else cast("Runner", self)
 
     # -- events -------------------------------------------------------------
 
     def emit(self, cls: type[BaseEvent], **fields: Any) -> BaseEvent:
-        """Number an event, log it to the store / run record, and return it for the consumer."""
+        """Number an event, log it to the store / run record, and return it for the consumer.
+
+        In a muted run (nobody listens) it only numbers it, and returns ``UNHEARD``.
+        """
         self.seq += 1
+        if self.quiet:
+            return UNHEARD
         fields.update(self._base)
         fields["seq"] = self.seq
         fields["created_at"] = _time()
@@ -222,7 +240,7 @@ class Lane:
         self._step_gen = gen  # from here on, a consumer leaving must close it
         self._stream_fields = run_fields
         yield self.emit(RunStartedEvent, **run_fields)
-        state, ctx, sink, base = self.state, self.ctx, self.sink, self._base
+        state, ctx, sink, base, quiet = self.state, self.ctx, self.sink, self._base, self.quiet
         template = {**base, **run_fields}
         chunks: list[str] = []
         thrown = 0
@@ -258,6 +276,9 @@ class Lane:
                     continue  # the checkpoint before handing it over: throw in at the top
                 chunks.append(chunk)
                 self.seq += 1
+                if quiet:
+                    yield UNHEARD
+                    continue
                 fields = template.copy()
                 fields["seq"] = self.seq
                 fields["created_at"] = _time()
@@ -351,7 +372,8 @@ class Lane:
         lane = Lane(self.state, RunContext(self.state, branch=True), step_input.input, self.outputs)
         lane.content = step_input.previous_step_content
         lane.prefix = path + "/"
-        lane.root = self.root
+        lane._root = self.root
+        lane.quiet = self.quiet
         return lane
 
 
@@ -395,10 +417,21 @@ class Runner(Lane):
     def forward(self, event: BaseEvent) -> BaseEvent:
         """A branch's event, in the consumer's thread: number it in the run's sequence and record it."""
         self.seq += 1
-        renumber(event, self.seq)
-        if self.sink is not None:
-            self.sink(event)
+        if not self.quiet:
+            renumber(event, self.seq)
+            if self.sink is not None:
+                self.sink(event)
         return event
+
+    def mute(self) -> None:
+        """The consumer discards every event (a plain ``run()``): if no sink listens either, build none.
+
+        Events are still numbered (``seq`` advances as if they were made);
+        ``emit`` returns ``UNHEARD`` and the output is built as always. A
+        store that records events, a sink (a handle's log, ``debug_mode``) or
+        a telemetry observer's watch each make the run heard. Before ``events()``.
+        """
+        self.quiet = self.sink is None
 
     # -- the run ------------------------------------------------------------
 

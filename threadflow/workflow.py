@@ -168,6 +168,7 @@ class Workflow:
         runner = self._new_runner(input, run_id, run_timeout)
         if stream:
             return RunStream(runner)
+        runner.mute()  # nobody reads the events: unless a store or sink does, none is built
         events = runner.events()
         try:
             for _ in events:
