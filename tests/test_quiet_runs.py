@@ -179,3 +179,15 @@ def test_run_info_is_unchanged_by_muting() -> None:
     info = wf.get_run(output.run_id)
     assert isinstance(info, RunInfo)
     assert (info.status, info.step_name) == (RunStatus.completed, "both")
+
+
+def test_a_store_that_overrides_run_created_still_gets_it() -> None:
+    """run() skips building the record only for MemoryStore's own run_created, which keeps nothing."""
+    created: list[RunInfo] = []
+
+    class Creating(MemoryStore):
+        def run_created(self, info: RunInfo) -> None:
+            created.append(info)
+
+    output = Workflow("quiet-created", steps=[upper], store=Creating()).run("x")
+    assert [(i.run_id, i.status) for i in created] == [(output.run_id, RunStatus.pending)]

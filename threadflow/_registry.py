@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _observe
-from ._fastevents import make_event
+from ._fastevents import make_exact
 from ._gcdefer import drain
 from ._validate import check_reason
 from .exceptions import DuplicateRunError
@@ -126,9 +126,9 @@ class RunState:
 
     def info(self) -> RunInfo:
         """A snapshot of the run's record."""
-        return make_event(
+        return make_exact(
             RunInfo,
-            {
+            {  # every field, in RunInfo's order
                 "run_id": self.run_id,
                 "workflow_id": self.workflow_id,
                 "workflow_name": self.workflow_name,
@@ -141,6 +141,8 @@ class RunState:
                 "created_at": self.created_at,
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
+                "owner": None,
+                "attempt": 1,
             },
         )
 
