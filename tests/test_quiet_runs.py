@@ -45,13 +45,16 @@ def mixed(name: str, **options: Any) -> Workflow:
 def built(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """Counts the events the runner builds, by type."""
     counts: Counter[str] = Counter()
-    real = runner_module.make_event
 
-    def counting(cls: type[Any], fields: dict[str, Any]) -> Any:
-        counts[cls.__name__] += 1
-        return real(cls, fields)
+    def counting(real: Callable[[type[Any], dict[str, Any]], Any]) -> Callable[[type[Any], dict[str, Any]], Any]:
+        def build(cls: type[Any], fields: dict[str, Any]) -> Any:
+            counts[cls.__name__] += 1
+            return real(cls, fields)
 
-    monkeypatch.setattr(runner_module, "make_event", counting)
+        return build
+
+    for name in ("make_event", "make_exact"):  # the runner's two ways of building an event
+        monkeypatch.setattr(runner_module, name, counting(getattr(runner_module, name)))
     return counts
 
 

@@ -15,6 +15,7 @@ finished without it by ``threadflow._abandon``.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -26,7 +27,7 @@ from . import _observe
 from ._abandon import abandon, crash, throw_cancel
 from ._aio import AsyncSteps, is_async
 from ._branches import run_branches
-from ._fastevents import make_event, renumber
+from ._fastevents import make_event, make_exact, renumber, template
 from ._gcdefer import finish_soon
 from ._printable import safe_str
 from ._registry import REGISTRY, RunState
@@ -106,6 +107,8 @@ class Lane:
         self.content: Any = None
         # The streaming step now suspended at a yield, and its run_* event fields.
         self._step_gen: Generator[Any, None, Any] | None = None
+        # The contextvars.Context that generator's code runs in, the run's context ambient there.
+        self._step_context: contextvars.Context | None = None
         self._stream_fields: dict[str, Any] | None = None
         self.aio = AsyncSteps(state, ctx)  # the lane's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
@@ -164,7 +167,13 @@ class Lane:
             ctx.attempt = attempt
             self._checkpoint()
             try:
-                content = yield from self._timed_attempt(index, step)
+                if step.timeout is None and not step.composite:  # most steps: no generator layer of their own
+                    result = self._call(index, step)
+                    content = (
+                        (yield from self._stream(index, step, result)) if type(result) is GeneratorType else result
+                    )
+                else:
+                    content = yield from self._timed_attempt(index, step)
             except StepFailed as failed:
                 ctx.end_step()
                 delay = attempts.failed(failed.error) if attempts is not None else None
@@ -213,11 +222,22 @@ class Lane:
             _CURRENT.reset(token)
 
     def _attempt(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
-        step_input = StepInput(
-            self.input, self.content, self.state.run_id, self.state.workflow_id, step.name, index, _outputs=self.outputs
-        )
         if step.composite:
-            return (yield from self._composite(step, step_input))
+            return (yield from self._composite(step, self._step_input(index, step)))
+        result = self._call(index, step)
+        if type(result) is GeneratorType:
+            return (yield from self._stream(index, step, result))
+        return result
+
+    def _step_input(self, index: int, step: Step) -> StepInput:
+        state = self.state
+        return StepInput(
+            self.input, self.content, state.run_id, state.workflow_id, step.name, index, _outputs=self.outputs
+        )
+
+    def _call(self, index: int, step: Step) -> Any:
+        """Call a (non-composite) step: its output, or the generator of a streaming step, not yet started."""
+        step_input = self._step_input(index, step)
         try:
             result = self._in_step(step.start, step_input)
             if type(result) is not GeneratorType and is_async(result):  # an async step
@@ -229,9 +249,8 @@ class Lane:
             if self.state.cancel_requested:
                 raise cancellation_error(self.state) from error
             raise StepFailed(step, error) from error  # the step's own, with no cancel accepted: an error
-        if type(result) is GeneratorType:
-            return (yield from self._stream(index, step, result))
-        self._checkpoint()  # the step ignored the cancel: its result is discarded
+        if type(result) is not GeneratorType:
+            self._checkpoint()  # the step ignored the cancel: its result is discarded
         return result
 
     def _stream(self, index: int, step: Step, gen: Generator[Any, None, Any]) -> Generator[BaseEvent, None, Any]:
@@ -240,27 +259,27 @@ class Lane:
         self._step_gen = gen  # from here on, a consumer leaving must close it
         self._stream_fields = run_fields
         yield self.emit(RunStartedEvent, **run_fields)
-        state, ctx, sink, base, quiet = self.state, self.ctx, self.sink, self._base, self.quiet
-        template = {**base, **run_fields}
+        state, ctx, sink, quiet = self.state, self.ctx, self.sink, self.quiet
+        # The step's code runs in a Context of its own, entered for each resumption: the run's
+        # context is ambient exactly while step code runs, at the price of one call per chunk.
+        resume = self._enter_step_context().run
+        content_fields = template(RunContentEvent, {**self._base, **run_fields})
         chunks: list[str] = []
         thrown = 0
         try:
             while True:
-                token = _CURRENT.set(ctx)
                 try:
                     if state.cancel_requested and not ctx.shield_depth:
-                        chunk = throw_cancel(gen, state, thrown)
+                        chunk = resume(throw_cancel, gen, state, thrown)
                         thrown += 1
                     else:
-                        chunk = next(gen)
+                        chunk = resume(next, gen)
                 except StopIteration as stop:
                     value = stop.value
                     break
                 except GeneratorExit as error:
                     # Raised by the step itself: the consumer's own GeneratorExit arrives at our yield below.
                     raise _StepRaised(error) from error
-                finally:
-                    _CURRENT.reset(token)
                 if type(chunk) is not str:
                     if type(chunk) is EventMarker:  # an agent's tool call: an event of its own
                         if not (state.cancel_requested and not ctx.shield_depth):
@@ -279,30 +298,30 @@ class Lane:
                 if quiet:
                     yield UNHEARD
                     continue
-                fields = template.copy()
+                fields = content_fields.copy()
                 fields["seq"] = self.seq
                 fields["created_at"] = _time()
                 fields["content"] = chunk
-                event = make_event(RunContentEvent, fields)
+                event = make_exact(RunContentEvent, fields)
                 if sink is not None:
                     sink(event)
                 yield event
         except CancellationError as error:
-            self._step_gen = None
+            self._step_gen = self._step_context = None
             if not state.cancel_requested:  # the step's own, with no cancel accepted: an error
                 yield self.emit(RunErrorEvent, error=safe_str(error), error_type=type(error).__name__, **run_fields)
                 raise StepFailed(step, error) from error
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
             raise
         except Exception as raised:  # noqa: BLE001 — the step's error, re-raised as StepFailed below
-            self._step_gen = None
+            self._step_gen = self._step_context = None
             failure = raised.error if type(raised) is _StepRaised else raised
             if state.cancel_requested:
                 yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
                 raise cancellation_error(state) from failure
             yield self.emit(RunErrorEvent, error=safe_str(failure), error_type=type(failure).__name__, **run_fields)
             raise StepFailed(step, failure) from failure
-        self._step_gen = None
+        self._step_gen = self._step_context = None
         if state.cancel_requested:  # the step swallowed the cancel and returned
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
             raise cancellation_error(state)
@@ -310,10 +329,23 @@ class Lane:
         yield self.emit(RunCompletedEvent, content=content, **run_fields)
         return content
 
+    def _enter_step_context(self) -> contextvars.Context:
+        """A copy of this thread's context with the run's context ambient: where a streaming step's code runs."""
+        context = self._step_context = contextvars.copy_context()
+        context.run(_CURRENT.set, self.ctx)
+        return context
+
+    def in_step_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` where the suspended streaming step's code runs (``_in_step`` when there is none)."""
+        context = self._step_context
+        if context is None:
+            return self._in_step(fn, *args)
+        return context.run(fn, *args)
+
     def _close_quietly(self, gen: Generator[Any, None, Any]) -> None:
         """Close a step generator (its ``finally`` runs with the run's context); log what it raises."""
         try:
-            self._in_step(gen.close)
+            self.in_step_context(gen.close)
         except Exception:
             logger.debug("threadflow: closing a step generator raised", exc_info=True)
 
