@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -194,3 +195,24 @@ def test_a_store_that_overrides_run_created_still_gets_it() -> None:
 
     output = Workflow("quiet-created", steps=[upper], store=Creating()).run("x")
     assert [(i.run_id, i.status) for i in created] == [(output.run_id, RunStatus.pending)]
+
+
+def test_a_forked_child_makes_other_run_ids_than_its_parent() -> None:
+    """Run ids come from a buffer of os.urandom bytes: a forked child must not reuse the parent's."""
+    from threadflow._registry import new_run_id
+
+    new_run_id()  # the buffer is filled now, and inherited by the child
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report three ids and leave at once
+        try:
+            os.write(write, ",".join(new_run_id() for _ in range(3)).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child = set(pipe.read().split(","))
+    os.waitpid(pid, 0)
+    parent = {new_run_id() for _ in range(3)}
+    assert len(child) == 3
+    assert not child & parent

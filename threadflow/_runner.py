@@ -427,7 +427,7 @@ class Runner(Lane):
         observer = _observe.OBSERVER
         watch = observer.watch(state.run_id, state.workflow_id) if observer is not None else None
         recorder = store.append if store is not None and store.records_events else None
-        self.sink = _fan_out([s for s in (recorder, sink, watch) if s])
+        self.sink = sink if recorder is None and watch is None else _fan_out([s for s in (recorder, sink, watch) if s])
         self.failure: StepFailed | None = None
         self.output: WorkflowRunOutput | None = None
         # Events recorded after the consumer left (abandon): a consumer that comes back reads them.
@@ -486,7 +486,10 @@ class Runner(Lane):
         """Run every step, yielding each event; ends with exactly one terminal event."""
         try:
             self._begin()
-            if self._resumed is None:
+            quiet = self.quiet  # nobody listens: number the events, don't even hand them over
+            if quiet:
+                self.seq += 1
+            elif self._resumed is None:
                 yield self.emit(WorkflowStartedEvent)
             else:
                 yield self.emit(WorkflowResumedEvent, **self._resumed)
@@ -496,12 +499,18 @@ class Runner(Lane):
                 self._checkpoint()
                 self._step_index = index
                 self.state.step_name = self.ctx.step_name = step.name
-                fields = {"step_name": step.name, "step_index": index, "step_path": step.name}
-                yield self.emit(StepStartedEvent, **fields)
+                if quiet:
+                    self.seq += 1
+                else:
+                    fields = {"step_name": step.name, "step_index": index, "step_path": step.name}
+                    yield self.emit(StepStartedEvent, **fields)
                 content = yield from self._run_step(index, step)
                 self._checkpoint()  # handing step_completed over is a checkpoint too
                 self.outputs[step.name] = self.content = content
-                yield self.emit(StepCompletedEvent, content=content, **fields)
+                if quiet:
+                    self.seq += 1
+                else:
+                    yield self.emit(StepCompletedEvent, content=content, **fields)
                 self._checkpoint()
             terminal = self._finish(RunStatus.completed)
         except CancellationError:
@@ -515,7 +524,8 @@ class Runner(Lane):
         except BaseException as error:  # KeyboardInterrupt, SystemExit, a failing store
             crash(self, error)
             raise
-        yield terminal
+        if not self.quiet:
+            yield terminal
 
     def _begin(self) -> None:
         state = self.state
