@@ -3,11 +3,12 @@
 Run: ``python benchmarks/compare.py`` (``--tag v0.1.0`` by default; ``--quick`` for a smoke run).
 
 1. The tag: ``git archive <tag>`` into a temporary directory, ``python -m venv``
-   there, ``pip install --no-deps`` of that tree (the build backend comes from
-   pip's configured index or cache, so it works offline where the indexes are
-   local). The venv sees this interpreter's site-packages through a ``.pth``
-   file, so both versions run on the very same pydantic, tenacity and pyperf:
-   the ratio measures threadflow alone.
+   there, ``pip install --no-deps`` of that tree. Offline: it is built with this
+   interpreter's setuptools (>= 68) and wheel, which the test extra installs;
+   without them pip builds in isolation, fetching them from its index or cache.
+   The venv sees this interpreter's site-packages through a ``.pth`` file, so
+   both versions run on the very same pydantic, tenacity and pyperf: the ratio
+   measures threadflow alone.
 2. Rounds: each round runs the pyperf script ``_compare_worker.py`` once per
    version (pyperf: calibrated loops, several worker processes), alternating
    which goes first, so load on a shared machine falls on both alike.
@@ -55,24 +56,10 @@ def install_tag(tag: str, where: pathlib.Path) -> pathlib.Path:
     ).stdout.strip()
     # Our dependencies, shared: appended to sys.path after the venv's own site-packages.
     pathlib.Path(site, "_threadflow_compare_deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    # This interpreter's pip installs into the venv (--prefix), so the venv needs no pip of its own.
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--ignore-installed",
-            "--no-compile",
-            "--prefix",
-            str(venv),
-            str(src),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    # This interpreter's pip installs into the venv (--prefix), so the venv needs no pip of its own;
+    # --ignore-installed, or pip would first uninstall this interpreter's own (editable) threadflow.
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--no-compile"]
+    subprocess.run([*pip, *offline_build(), "--prefix", str(venv), str(src)], check=True, capture_output=True)
     check = subprocess.run(
         [str(python), "-c", "import threadflow, sys; print(threadflow.__file__)"],
         cwd=where,  # not this repository, whose threadflow/ would shadow the installed one
@@ -83,6 +70,22 @@ def install_tag(tag: str, where: pathlib.Path) -> pathlib.Path:
     if not check.startswith(str(venv)):
         raise RuntimeError(f"the venv imports threadflow from {check}, not from the installed tag")
     return python
+
+
+def offline_build() -> list[str]:
+    """pip options to build the tag with this interpreter's setuptools and wheel, touching no index.
+
+    The test extra installs both; without them pip builds in isolation,
+    fetching the build backend from its configured index or cache.
+    """
+    try:
+        import setuptools
+        import wheel  # noqa: F401 — setuptools needs it to build a wheel
+    except ImportError:
+        return []
+    if int(setuptools.__version__.split(".")[0]) < 68:  # what the releases' pyproject.toml asks for
+        return []
+    return ["--no-build-isolation", "--no-index"]
 
 
 def run_worker(python: pathlib.Path | str, output: pathlib.Path, options: list[str]) -> None:
