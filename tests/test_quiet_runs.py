@@ -12,7 +12,16 @@ from typing import Any
 import pytest
 
 import threadflow._runner as runner_module
-from threadflow import CancellationError, RunStatus, StepInput, Workflow, WorkflowError, cancel_run, get_context
+from threadflow import (
+    CancellationError,
+    RunStatus,
+    StepInput,
+    Workflow,
+    WorkflowError,
+    _observe,
+    cancel_run,
+    get_context,
+)
 from threadflow._observe import set_observer
 from threadflow.compose import Parallel
 from threadflow.events import BaseEvent
@@ -40,6 +49,12 @@ def right(step_input: StepInput) -> Iterator[str]:
 def mixed(name: str, **options: Any) -> Workflow:
     """Plain, streaming and parallel (a streaming branch) steps."""
     return Workflow(name, steps=[tokens, upper, Parallel(left, right, name="both")], **options)
+
+
+@pytest.fixture(autouse=True)
+def no_observer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metrics, once enabled (by another test), watch every run of the process: then no run is quiet."""
+    monkeypatch.setattr(_observe, "OBSERVER", None)
 
 
 @pytest.fixture
