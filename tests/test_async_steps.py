@@ -21,6 +21,7 @@ from threadflow import (
     get_context,
     shield,
 )
+from threadflow._background import active_handles
 from threadflow.events import RunContentEvent
 from threadflow.testing import check_run_events
 
@@ -274,14 +275,17 @@ def test_arun_runs_async_steps_and_cancelling_the_awaiting_task_cancels_at_the_a
     step = Awaiting()
     wf = Workflow("a", steps=[Step("wait", executor=step)])
 
-    async def main() -> None:
+    async def main() -> Any:
         task = asyncio.create_task(wf.arun(run_id="arun-1"))
         assert await asyncio.to_thread(step.awaiting.wait, PROMPT)
+        (handle,) = [h for h in active_handles() if h.run_id == "arun-1"]
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        return handle
 
-    asyncio.run(main())
+    # The task's CancelledError does not wait for the run's cleanup (a documented decision): wait for it here.
+    assert asyncio.run(main()).wait(PROMPT)
     info = wf.get_run("arun-1")
     assert info is not None and info.status is RunStatus.cancelled
     assert step.log == ["cancelled at await", "finally"]

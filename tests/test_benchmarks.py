@@ -44,3 +44,48 @@ def test_benchmark_quick_run(script: str, request: pytest.FixtureRequest) -> Non
     assert result.returncode == 0, result.stderr
     for needle in EXPECTED[script]:
         assert needle in result.stdout, f"{script} --quick printed no {needle!r}:\n{result.stdout}"
+
+
+def _has_tag(tag: str) -> bool:
+    found = subprocess.run(
+        ["git", "-C", str(BENCHMARKS.parent), "rev-parse", "--verify", "--quiet", f"refs/tags/{tag}"],
+        capture_output=True,
+        check=False,
+    )
+    return found.returncode == 0
+
+
+@pytest.mark.skipif(not _has_tag("v0.1.0"), reason="needs the git tag v0.1.0 (a git checkout of the repository)")
+def test_compare_quick_installs_the_tag_and_prints_both() -> None:
+    """compare.py --quick really installs v0.1.0 into a temporary venv and runs both versions."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "compare.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "installed v0.1.0 into a temporary venv" in result.stdout
+    header = next(line for line in result.stdout.splitlines() if line.startswith("benchmark"))
+    assert "this tree" in header and "v0.1.0" in header
+    for name in ("run_1_step", "run_10_steps", "stream_100 ", "stream_100000"):
+        assert any(line.startswith(name) for line in result.stdout.splitlines()), name
+
+
+def test_the_compare_worker_runs_against_this_tree(tmp_path: pathlib.Path) -> None:
+    """The pyperf script itself, on the working tree: it writes a pyperf JSON with every benchmark."""
+    import pyperf
+
+    output = tmp_path / "out.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "_compare_worker.py"), "--debug-single-value", "-o", str(output)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    names = {bench.get_name() for bench in pyperf.BenchmarkSuite.load(str(output)).get_benchmarks()}
+    assert names == {"run_1_step", "run_10_steps", "stream_100", "stream_1000", "stream_10000", "stream_100000"}

@@ -27,7 +27,7 @@ def test_the_suite_runs_with_validation_on() -> None:
         pytest.skip("turned off for this session")
     assert _fastevents.VALIDATE_EVENTS
     assert _runner.make_event is _fastevents._make_event_validated
-    assert _registry.make_event is _fastevents._make_event_validated
+    assert _registry.make_exact is _fastevents._make_exact_validated
 
 
 def test_a_correct_event_is_the_fast_one_unchanged() -> None:
@@ -112,3 +112,17 @@ def test_on_in_a_fresh_interpreter() -> None:
             print(type(error).__name__, "seq" in str(error))
     """
     assert run_python(code, THREADFLOW_VALIDATE_EVENTS="1") == "EventValidationError True"
+
+
+def test_make_exact_takes_a_template_as_is_and_checks_its_fields_and_order() -> None:
+    values = _fastevents.template(WorkflowCancelledEvent, {**BASE, "reason": "r", "cause": CancelCause.timeout})
+    expected = WorkflowCancelledEvent(**BASE, reason="r", cause=CancelCause.timeout)
+    event = _fastevents.make_exact(WorkflowCancelledEvent, dict(values))
+    assert event == expected
+    assert event.model_dump_json() == expected.model_dump_json()
+    shuffled = dict(reversed(list(values.items())))
+    with pytest.raises(_fastevents.EventValidationError, match="WorkflowCancelledEvent: fields"):
+        _fastevents._make_exact_validated(WorkflowCancelledEvent, shuffled)
+    missing = {k: v for k, v in values.items() if k != "reason"}
+    with pytest.raises(_fastevents.EventValidationError, match="WorkflowCancelledEvent: fields"):
+        _fastevents._make_exact_validated(WorkflowCancelledEvent, missing)

@@ -17,7 +17,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from ._registry import REGISTRY, RunState
-from .context import _CURRENT, cancellation_error
+from .context import cancellation_error
 from .events import RunCancelledEvent, WorkflowStartedEvent
 from .exceptions import CancellationError
 from .status import CancelCause, RunStatus
@@ -60,6 +60,7 @@ def crash(runner: Runner, error: BaseException) -> None:
         if gen is not None:
             runner._close_quietly(gen)
     finally:
+        runner._step_context = None
         if not runner.state.status.is_terminal:
             runner._fail(error)
 
@@ -80,6 +81,7 @@ def abandon(runner: Runner) -> None:
         if gen is not None:
             _drain(runner, gen)
     finally:
+        runner._step_context = None
         if not state.status.is_terminal:
             _record_abandoned(runner, gen is not None)
 
@@ -101,17 +103,14 @@ def _drain(runner: Runner, gen: Generator[Any, None, Any]) -> None:
     state = runner.state
     thrown = 0
     while True:
-        token = _CURRENT.set(runner.ctx)
         try:
             if runner.ctx.shield_depth:
-                next(gen)  # its output is discarded: nobody is listening
+                runner.in_step_context(next, gen)  # its output is discarded: nobody is listening
             else:
-                throw_cancel(gen, state, thrown)
+                runner.in_step_context(throw_cancel, gen, state, thrown)
                 thrown += 1
         except (StopIteration, CancellationError):
             return
         except Exception:
             logger.debug("threadflow: step raised while cleaning up an abandoned run", exc_info=True)
             return
-        finally:
-            _CURRENT.reset(token)

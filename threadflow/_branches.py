@@ -207,7 +207,7 @@ class _Group:
 
     def drain(self, root: Runner) -> Generator[BaseEvent, None, None]:
         """Hand the branches' events on, in the consumer's thread, until the last branch has ended."""
-        get, sink = self.channel.get, root.sink
+        get, sink, quiet = self.channel.get, root.sink, root.quiet
         while True:
             try:
                 item = get(True, _POLL_SECONDS)
@@ -219,9 +219,10 @@ class _Group:
                 continue  # left by an earlier Parallel of the run
             # Runner.forward, inlined: this loop carries every branch event of the run.
             root.seq += 1
-            renumber(item, root.seq)
-            if sink is not None:
-                sink(item)
+            if not quiet:  # a muted run's branches put UNHEARD, not events
+                renumber(item, root.seq)
+                if sink is not None:
+                    sink(item)
             yield item
 
     def help_and_wait(self) -> None:

@@ -38,7 +38,7 @@ from .events import (
 )
 from .status import RunInfo
 
-__all__ = ["VALIDATE_EVENTS", "EventValidationError", "make_event", "renumber"]
+__all__ = ["VALIDATE_EVENTS", "EventValidationError", "make_event", "make_exact", "renumber", "template"]
 
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -70,6 +70,32 @@ def _make_event_fast(cls: type[_M], fields: dict[str, Any]) -> _M:
     _set_extra(obj, None)
     _set_private(obj, None)
     return obj
+
+
+def _make_exact_fast(cls: type[_M], values: dict[str, Any]) -> _M:
+    """``make_event`` for ``values`` that hold every field of ``cls``, in declared order: taken as they are.
+
+    The caller gives up ``values`` (the model keeps the dict). ``template()``
+    makes such a dict once; a hot loop copies it and sets what changes.
+    """
+    obj = _new(cls)
+    _set_dict(obj, values)
+    _set_fields_set(obj, _FIELDS_SET[cls])
+    _set_extra(obj, None)
+    _set_private(obj, None)
+    return obj
+
+
+def _make_exact_validated(cls: type[_M], values: dict[str, Any]) -> _M:
+    """``_make_exact_fast``, checked: exactly the declared fields, in their order, and valid."""
+    if list(values) != list(cls.model_fields):
+        raise EventValidationError(f"{cls.__name__}: fields {list(values)}, declared {list(cls.model_fields)}")
+    return _make_event_validated(cls, values)
+
+
+def template(cls: type[BaseModel], fields: dict[str, Any]) -> dict[str, Any]:
+    """Every field of ``cls`` in declared order: ``fields`` over the defaults (None for required ones)."""
+    return _TEMPLATES[cls] | fields
 
 
 def _make_event_validated(cls: type[_M], fields: dict[str, Any]) -> _M:
@@ -126,6 +152,9 @@ make_event = _make_event_validated if VALIDATE_EVENTS else _make_event_fast
 
 Chosen once at import: the validated variant when ``THREADFLOW_VALIDATE_EVENTS`` is set.
 """
+
+make_exact = _make_exact_validated if VALIDATE_EVENTS else _make_exact_fast
+"""Build a model from a dict of all its fields in declared order, kept as is; see ``_make_exact_fast``."""
 
 
 # BaseModel's own slot descriptors: setting them directly skips the frozen

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import _observe
-from ._fastevents import make_event
+from ._fastevents import make_exact
 from ._gcdefer import drain
 from ._validate import check_reason
 from .exceptions import DuplicateRunError
@@ -129,9 +129,9 @@ class RunState:
 
     def info(self) -> RunInfo:
         """A snapshot of the run's record."""
-        return make_event(
+        return make_exact(
             RunInfo,
-            {
+            {  # every field, in RunInfo's order
                 "run_id": self.run_id,
                 "workflow_id": self.workflow_id,
                 "workflow_name": self.workflow_name,
@@ -144,6 +144,8 @@ class RunState:
                 "created_at": self.created_at,
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
+                "owner": None,
+                "attempt": 1,
                 "traceparent": self.traceparent,
             },
         )
@@ -348,11 +350,37 @@ class Registry:
 
 def new_run_id() -> str:
     """A random (version 4) UUID string, made without the uuid module's object overhead."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(_random_16())
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_RANDOM_BATCH = 16 * 256
+_random_lock = threading.Lock()
+_random = b""
+_random_at = 0
+
+
+def _random_16() -> bytes:
+    """16 bytes of os.urandom, read 4 KiB at a time (one system call per 256 run ids)."""
+    global _random, _random_at
+    with _random_lock:
+        start = _random_at
+        if start >= len(_random):
+            _random, start = os.urandom(_RANDOM_BATCH), 0
+        _random_at = start + 16
+        return _random[start : start + 16]
+
+
+def _forget_random() -> None:
+    """A forked child must not hand out the ids its parent will (the bytes it inherited)."""
+    global _random, _random_at, _random_lock
+    _random, _random_at, _random_lock = b"", 0, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def _run_callbacks(state: RunState, callbacks: Sequence[Callable[[], object]]) -> None:

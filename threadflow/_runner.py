@@ -15,6 +15,8 @@ finished without it by ``threadflow._abandon``.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -26,7 +28,7 @@ from . import _observe
 from ._abandon import abandon, crash, throw_cancel
 from ._aio import AsyncSteps, is_async
 from ._branches import run_branches
-from ._fastevents import make_event, renumber
+from ._fastevents import make_event, make_exact, renumber, template
 from ._gcdefer import finish_soon
 from ._printable import safe_str
 from ._registry import REGISTRY, RunState
@@ -64,6 +66,9 @@ logger = logging.getLogger("threadflow")
 _time = time.time
 
 EventSink = Callable[[BaseEvent], None]
+
+#: What ``emit`` returns in a run nobody listens to (``Runner.mute``): no event is built.
+UNHEARD = cast("BaseEvent", None)
 
 
 class StepFailed(Exception):
@@ -103,22 +108,39 @@ class Lane:
         self.content: Any = None
         # The streaming step now suspended at a yield, and its run_* event fields.
         self._step_gen: Generator[Any, None, Any] | None = None
+        # The contextvars.Context that generator's code runs in, the run's context ambient there.
+        self._step_context: contextvars.Context | None = None
         self._stream_fields: dict[str, Any] | None = None
         self.aio = AsyncSteps(state, ctx)  # the lane's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
         #: "" for top-level steps; "fanout/" inside the composite step "fanout".
         self.prefix = ""
-        #: The run's own lane, where branch events are numbered and recorded.
-        self.root: Runner = cast("Runner", self)
+        self._root: Runner | None = None  # a branch's run lane; None in the run's own lane (no self-cycle)
+        #: Nobody listens (``Runner.mute``): events are numbered, never built.
+        self.quiet = False
         #: The run's step spans while telemetry traces it (``threadflow._observe``), else None.
         self.spans: _observe.StepScopes | None = None
         self._span_path = ""  # the step whose code runs next in this lane (for its span)
 
+    @property
+    def root(self) -> Runner:
+        """The run's own lane, where branch events are numbered and recorded.
+
+        Not stored on the run's lane itself: a reference to itself would make
+        every run cyclic garbage, left for the garbage collector to find.
+        """
+        return self._root if self._root is not None else cast("Runner", self)
+
     # -- events -------------------------------------------------------------
 
     def emit(self, cls: type[BaseEvent], **fields: Any) -> BaseEvent:
-        """Number an event, log it to the store / run record, and return it for the consumer."""
+        """Number an event, log it to the store / run record, and return it for the consumer.
+
+        In a muted run (nobody listens) it only numbers it, and returns ``UNHEARD``.
+        """
         self.seq += 1
+        if self.quiet:
+            return UNHEARD
         fields.update(self._base)
         fields["seq"] = self.seq
         fields["created_at"] = _time()
@@ -151,7 +173,13 @@ class Lane:
             ctx.attempt = attempt
             self._checkpoint()
             try:
-                content = yield from self._timed_attempt(index, step)
+                if step.timeout is None and not step.composite:  # most steps: no generator layer of their own
+                    result = self._call(index, step)
+                    content = (
+                        (yield from self._stream(index, step, result)) if type(result) is GeneratorType else result
+                    )
+                else:
+                    content = yield from self._timed_attempt(index, step)
             except StepFailed as failed:
                 ctx.end_step()
                 delay = attempts.failed(failed.error) if attempts is not None else None
@@ -204,12 +232,24 @@ class Lane:
                 spans.leave(span_token)
 
     def _attempt(self, index: int, step: Step) -> Generator[BaseEvent, None, Any]:
-        step_input = StepInput(
-            self.input, self.content, self.state.run_id, self.state.workflow_id, step.name, index, _outputs=self.outputs
-        )
-        self._span_path = self.prefix + step.name
         if step.composite:
-            return (yield from self._composite(step, step_input))
+            self._span_path = self.prefix + step.name  # its evaluator or selector runs in its span
+            return (yield from self._composite(step, self._step_input(index, step)))
+        result = self._call(index, step)
+        if type(result) is GeneratorType:
+            return (yield from self._stream(index, step, result))
+        return result
+
+    def _step_input(self, index: int, step: Step) -> StepInput:
+        state = self.state
+        return StepInput(
+            self.input, self.content, state.run_id, state.workflow_id, step.name, index, _outputs=self.outputs
+        )
+
+    def _call(self, index: int, step: Step) -> Any:
+        """Call a (non-composite) step: its output, or the generator of a streaming step, not yet started."""
+        step_input = self._step_input(index, step)
+        self._span_path = self.prefix + step.name
         try:
             result = self._in_step(step.start, step_input)
             if type(result) is not GeneratorType and is_async(result):  # an async step
@@ -221,9 +261,8 @@ class Lane:
             if self.state.cancel_requested:
                 raise cancellation_error(self.state) from error
             raise StepFailed(step, error) from error  # the step's own, with no cancel accepted: an error
-        if type(result) is GeneratorType:
-            return (yield from self._stream(index, step, result))
-        self._checkpoint()  # the step ignored the cancel: its result is discarded
+        if type(result) is not GeneratorType:
+            self._checkpoint()  # the step ignored the cancel: its result is discarded
         return result
 
     def _stream(self, index: int, step: Step, gen: Generator[Any, None, Any]) -> Generator[BaseEvent, None, Any]:
@@ -232,32 +271,30 @@ class Lane:
         self._step_gen = gen  # from here on, a consumer leaving must close it
         self._stream_fields = run_fields
         yield self.emit(RunStartedEvent, **run_fields)
-        state, ctx, sink, base, spans = self.state, self.ctx, self.sink, self._base, self.spans
-        template = {**base, **run_fields}
+        state, ctx, sink, quiet = self.state, self.ctx, self.sink, self.quiet
+        # The step's code runs in a Context of its own, entered for each resumption: the run's
+        # context is ambient exactly while step code runs, at the price of one call per chunk.
+        resume: Callable[..., Any] = self._enter_step_context().run
+        spans = self.spans
+        if spans is not None:  # traced: the step's span is current while its code runs, never across a yield
+            resume = functools.partial(resume, _traced, spans, run_fields["step_path"])
+        content_fields = template(RunContentEvent, {**self._base, **run_fields})
         chunks: list[str] = []
         thrown = 0
-        path = run_fields["step_path"]
         try:
             while True:
-                token = _CURRENT.set(ctx)
-                # The step's span is current only while its code runs: never across a yield to the consumer.
-                span_token = spans.enter(path) if spans is not None else None
                 try:
                     if state.cancel_requested and not ctx.shield_depth:
-                        chunk = throw_cancel(gen, state, thrown)
+                        chunk = resume(throw_cancel, gen, state, thrown)
                         thrown += 1
                     else:
-                        chunk = next(gen)
+                        chunk = resume(next, gen)
                 except StopIteration as stop:
                     value = stop.value
                     break
                 except GeneratorExit as error:
                     # Raised by the step itself: the consumer's own GeneratorExit arrives at our yield below.
                     raise _StepRaised(error) from error
-                finally:
-                    if spans is not None:
-                        spans.leave(span_token)
-                    _CURRENT.reset(token)
                 if type(chunk) is not str:
                     if type(chunk) is EventMarker:  # an agent's tool call: an event of its own
                         if not (state.cancel_requested and not ctx.shield_depth):
@@ -273,30 +310,33 @@ class Lane:
                     continue  # the checkpoint before handing it over: throw in at the top
                 chunks.append(chunk)
                 self.seq += 1
-                fields = template.copy()
+                if quiet:
+                    yield UNHEARD
+                    continue
+                fields = content_fields.copy()
                 fields["seq"] = self.seq
                 fields["created_at"] = _time()
                 fields["content"] = chunk
-                event = make_event(RunContentEvent, fields)
+                event = make_exact(RunContentEvent, fields)
                 if sink is not None:
                     sink(event)
                 yield event
         except CancellationError as error:
-            self._step_gen = None
+            self._step_gen = self._step_context = None
             if not state.cancel_requested:  # the step's own, with no cancel accepted: an error
                 yield self.emit(RunErrorEvent, error=safe_str(error), error_type=type(error).__name__, **run_fields)
                 raise StepFailed(step, error) from error
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
             raise
         except Exception as raised:  # noqa: BLE001 — the step's error, re-raised as StepFailed below
-            self._step_gen = None
+            self._step_gen = self._step_context = None
             failure = raised.error if type(raised) is _StepRaised else raised
             if state.cancel_requested:
                 yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
                 raise cancellation_error(state) from failure
             yield self.emit(RunErrorEvent, error=safe_str(failure), error_type=type(failure).__name__, **run_fields)
             raise StepFailed(step, failure) from failure
-        self._step_gen = None
+        self._step_gen = self._step_context = None
         if state.cancel_requested:  # the step swallowed the cancel and returned
             yield self.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields)
             raise cancellation_error(state)
@@ -304,10 +344,23 @@ class Lane:
         yield self.emit(RunCompletedEvent, content=content, **run_fields)
         return content
 
+    def _enter_step_context(self) -> contextvars.Context:
+        """A copy of this thread's context with the run's context ambient: where a streaming step's code runs."""
+        context = self._step_context = contextvars.copy_context()
+        context.run(_CURRENT.set, self.ctx)
+        return context
+
+    def in_step_context(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call ``fn`` where the suspended streaming step's code runs (``_in_step`` when there is none)."""
+        context = self._step_context
+        if context is None:
+            return self._in_step(fn, *args)
+        return context.run(fn, *args)
+
     def _close_quietly(self, gen: Generator[Any, None, Any]) -> None:
         """Close a step generator (its ``finally`` runs with the run's context); log what it raises."""
         try:
-            self._in_step(gen.close)
+            self.in_step_context(gen.close)
         except Exception:
             logger.debug("threadflow: closing a step generator raised", exc_info=True)
 
@@ -366,7 +419,8 @@ class Lane:
         lane = Lane(self.state, RunContext(self.state, branch=True), step_input.input, self.outputs)
         lane.content = step_input.previous_step_content
         lane.prefix = path + "/"
-        lane.root = self.root
+        lane._root = self.root
+        lane.quiet = self.quiet
         lane.spans = self.spans
         return lane
 
@@ -392,7 +446,7 @@ class Runner(Lane):
             watch = observer.watch(state.run_id, state.workflow_id, state.traceparent)
             self.spans = observer.steps(state.run_id)
         recorder = store.append if store is not None and store.records_events else None
-        self.sink = _fan_out([s for s in (recorder, sink, watch) if s])
+        self.sink = sink if recorder is None and watch is None else _fan_out([s for s in (recorder, sink, watch) if s])
         self.failure: StepFailed | None = None
         self.output: WorkflowRunOutput | None = None
         # Events recorded after the consumer left (abandon): a consumer that comes back reads them.
@@ -414,10 +468,21 @@ class Runner(Lane):
     def forward(self, event: BaseEvent) -> BaseEvent:
         """A branch's event, in the consumer's thread: number it in the run's sequence and record it."""
         self.seq += 1
-        renumber(event, self.seq)
-        if self.sink is not None:
-            self.sink(event)
+        if not self.quiet:
+            renumber(event, self.seq)
+            if self.sink is not None:
+                self.sink(event)
         return event
+
+    def mute(self) -> None:
+        """The consumer discards every event (a plain ``run()``): if no sink listens either, build none.
+
+        Events are still numbered (``seq`` advances as if they were made);
+        ``emit`` returns ``UNHEARD`` and the output is built as always. A
+        store that records events, a sink (a handle's log, ``debug_mode``) or
+        a telemetry observer's watch each make the run heard. Before ``events()``.
+        """
+        self.quiet = self.sink is None
 
     # -- the run ------------------------------------------------------------
 
@@ -440,22 +505,32 @@ class Runner(Lane):
         """Run every step, yielding each event; ends with exactly one terminal event."""
         try:
             self._begin()
-            if self._resumed is None or not self.seq:  # resumed with nothing logged: the log still starts so
-                yield self.emit(WorkflowStartedEvent)
-            if self._resumed is not None:
-                yield self.emit(WorkflowResumedEvent, **self._resumed)
+            quiet = self.quiet  # nobody listens: number the events, don't even hand them over
+            if quiet:
+                self.seq += 1
+            else:
+                if self._resumed is None or not self.seq:  # resumed with nothing logged: the log still starts so
+                    yield self.emit(WorkflowStartedEvent)
+                if self._resumed is not None:
+                    yield self.emit(WorkflowResumedEvent, **self._resumed)
             for index, step in enumerate(self.steps):
                 if index < self._first_step:
                     continue  # completed before the run was resumed
                 self._checkpoint()
                 self._step_index = index
                 self.state.step_name = self.ctx.step_name = step.name
-                fields = {"step_name": step.name, "step_index": index, "step_path": step.name}
-                yield self.emit(StepStartedEvent, **fields)
+                if quiet:
+                    self.seq += 1
+                else:
+                    fields = {"step_name": step.name, "step_index": index, "step_path": step.name}
+                    yield self.emit(StepStartedEvent, **fields)
                 content = yield from self._run_step(index, step)
                 self._checkpoint()  # handing step_completed over is a checkpoint too
                 self.outputs[step.name] = self.content = content
-                yield self.emit(StepCompletedEvent, content=content, **fields)
+                if quiet:
+                    self.seq += 1
+                else:
+                    yield self.emit(StepCompletedEvent, content=content, **fields)
                 self._checkpoint()
             terminal = self._finish(RunStatus.completed)
         except CancellationError:
@@ -469,7 +544,8 @@ class Runner(Lane):
         except BaseException as error:  # KeyboardInterrupt, SystemExit, a failing store
             crash(self, error)
             raise
-        yield terminal
+        if not self.quiet:
+            yield terminal
 
     def _begin(self) -> None:
         state = self.state
@@ -562,6 +638,15 @@ class Runner(Lane):
     def abandon(self) -> None:
         """The consumer left: cancel (``stream_closed``), let the step clean up, record the end."""
         abandon(self)
+
+
+def _traced(spans: _observe.StepScopes, path: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn`` with the step ``path``'s span current (in the step's own context)."""
+    token = spans.enter(path)
+    try:
+        return fn(*args)
+    finally:
+        spans.leave(token)
 
 
 def _fan_out(sinks: list[EventSink]) -> EventSink | None:

@@ -27,6 +27,7 @@ from .status import CancelCause, RunInfo
 from .steps import Step, as_steps
 from .storage import RunStore
 from .storage._defaults import default_store, track_store
+from .storage.memory import MemoryStore
 
 __all__ = ["RunOptions", "Workflow"]
 
@@ -57,6 +58,9 @@ def _steps_id(steps: Sequence[Step]) -> str:
     digest = hashlib.sha256("\0".join(names).encode()).hexdigest()[:8]
     slug = _slug("-".join(names))[:40].strip("-")
     return f"{slug}-{digest}" if slug else f"workflow-{digest}"
+
+
+_IGNORED_RUN_CREATED = MemoryStore.run_created
 
 
 def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEvent], None]:
@@ -169,6 +173,7 @@ class Workflow:
         runner = self._new_runner(input, run_id, run_timeout)
         if stream:
             return RunStream(runner)
+        runner.mute()  # nobody reads the events: unless a store or sink does, none is built
         events = runner.events()
         try:
             for _ in events:
@@ -205,7 +210,8 @@ class Workflow:
             state.traceparent = _observe.traceparent()
         try:
             REGISTRY.add(state)
-            if create:  # a queued run a Worker claimed has its record already
+            # A queued run a Worker claimed has its record already; a MemoryStore ignores it (don't build it).
+            if create and type(store).run_created is not _IGNORED_RUN_CREATED:
                 store.run_created(state.info())
         except BaseException:
             REGISTRY.remove(state)

@@ -35,11 +35,12 @@ class MemoryStore:
         """Events are not kept."""
 
     def run_ended(self, info: RunInfo) -> None:
+        finished = self._finished
         with self._lock:
-            self._finished[info.run_id] = info
-            self._finished.move_to_end(info.run_id)
-            while len(self._finished) > self.max_runs:
-                self._finished.popitem(last=False)
+            finished[info.run_id] = info
+            finished.move_to_end(info.run_id)  # a run id can come back (an ended run's id reused)
+            while len(finished) > self.max_runs:
+                finished.popitem(last=False)
 
     def get_run(self, run_id: str) -> RunInfo | None:
         return self._finished.get(run_id)
