@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 import threadflow
-from threadflow import RunStatus, Step, Workflow, _aio, _runner, _timer, get_context
+from threadflow import RunStatus, Step, Workflow, _aio, _lane, _runner, _timer, get_context
 from threadflow._registry import REGISTRY
 from threadflow.events import WorkflowCompletedEvent, parse_event
 from threadflow.server import create_app, running_server
@@ -196,7 +196,7 @@ def test_a_timer_thread_that_could_not_start_does_not_disable_every_later_timeou
     # _arm recorded the timer thread before starting it; when start() failed the process kept a
     # thread that never ran, and no deadline fired again (only noticed when a step returned).
     timer = _timer._Timer()  # a fresh one, whose thread has not started yet; it exits by itself once idle
-    for module in (_timer, _runner, threadflow.context):
+    for module in (_timer, _lane, _runner, threadflow.context):
         monkeypatch.setattr(module, "TIMER", timer)
     _refuse_threads_named(monkeypatch, "threadflow-timer", times=1)
     woken_by_cancel: list[bool] = []

@@ -74,7 +74,7 @@ LAYERS = [
         "_branches",
         "compose",
     },
-    {"_runner", "_abandon", "handles", "_queue"},
+    {"_lane", "_runner", "_abandon", "handles", "_queue"},
     {"_background", "workflow"},
     {"control", "telemetry", "_worker"},
     {"cli", "server", "client", "__init__", "__main__"},

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-import threadflow._runner as runner_module
+import threadflow._lane as lane_module
 from threadflow import (
     CancellationError,
     RunStatus,
@@ -69,8 +69,8 @@ def built(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
         return build
 
-    for name in ("make_event", "make_exact"):  # the runner's two ways of building an event
-        monkeypatch.setattr(runner_module, name, counting(getattr(runner_module, name)))
+    for name in ("make_event", "make_exact"):  # the run loop's two ways of building an event
+        monkeypatch.setattr(lane_module, name, counting(getattr(lane_module, name)))
     return counts
 
 

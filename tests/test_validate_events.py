@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from threadflow import _fastevents, _registry, _runner
+from threadflow import _fastevents, _lane, _registry
 from threadflow._fastevents import EventValidationError
 from threadflow.events import RunContentEvent, StepRetryingEvent, WorkflowCancelledEvent, WorkflowStartedEvent
 from threadflow.status import CancelCause, RunInfo, RunStatus
@@ -26,7 +26,7 @@ def test_the_suite_runs_with_validation_on() -> None:
     if os.environ.get("THREADFLOW_VALIDATE_EVENTS") == "0":
         pytest.skip("turned off for this session")
     assert _fastevents.VALIDATE_EVENTS
-    assert _runner.make_event is _fastevents._make_event_validated
+    assert _lane.make_event is _fastevents._make_event_validated
     assert _registry.make_exact is _fastevents._make_exact_validated
 
 
@@ -88,9 +88,9 @@ def run_python(code: str, **env: str) -> str:
 
 
 OFF_CHECK = """
-    from threadflow import _fastevents, _runner
+    from threadflow import _fastevents, _lane
     from threadflow.events import WorkflowStartedEvent
-    fast = _fastevents.make_event is _fastevents._make_event_fast and _runner.make_event is _fastevents._make_event_fast
+    fast = _fastevents.make_event is _fastevents._make_event_fast and _lane.make_event is _fastevents._make_event_fast
     event = _fastevents.make_event(WorkflowStartedEvent, {"seq": "not checked"})  # no error: nothing is checked
     print(fast, event.run_id, event.seq)
 """

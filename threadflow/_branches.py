@@ -38,7 +38,8 @@ from .exceptions import CancellationError
 from .status import CancelCause
 
 if TYPE_CHECKING:
-    from ._runner import Lane, Runner
+    from ._lane import Lane
+    from ._runner import Runner
     from .events import BaseEvent
     from .steps import Step, StepInput
 

@@ -50,7 +50,7 @@ __all__ = ["Composite", "Condition", "Driver", "Loop", "Parallel", "Router", "St
 
 
 class Driver(Protocol):
-    """What the runner lends a composite step to run its children (``threadflow._runner.Lane``)."""
+    """What the runner lends a composite step to run its children (``threadflow._lane.Lane``)."""
 
     def sequence(
         self, steps: Sequence[Step], step_input: StepInput, path: str
