@@ -120,11 +120,7 @@ class QueuedHandle(RunHandle):
         output = self.output
         assert output is not None
         if output.status is RunStatus.error:
-            raise WorkflowError(
-                f"workflow {output.workflow_id!r} run {output.run_id} failed in step "
-                f"{output.step_name!r}: {output.error_type}: {output.error}",
-                output,
-            )
+            raise output.failure()
         return output
 
     def _output(self) -> WorkflowRunOutput:
@@ -136,22 +132,7 @@ class QueuedHandle(RunHandle):
                 steps[event.step_name] = event.content
             elif isinstance(event, WorkflowCompletedEvent):
                 content = event.content
-        return WorkflowRunOutput(
-            run_id=info.run_id,
-            workflow_id=info.workflow_id,
-            workflow_name=info.workflow_name,
-            status=info.status,
-            content=content,
-            step_outputs=steps,
-            step_name=info.step_name,
-            cause=info.cause,
-            reason=info.reason,
-            error=info.error,
-            error_type=info.error_type,
-            created_at=info.created_at,
-            started_at=info.started_at,
-            ended_at=info.ended_at,
-        )
+        return WorkflowRunOutput.of(info, info.status, content, steps)
 
     def events(self, after_seq: int = 0) -> Iterator[Event]:
         return iter(self._store.follow(self.run_id, check_count("after_seq", after_seq)))

@@ -40,7 +40,7 @@ from .events import (
     WorkflowResumedEvent,
     WorkflowStartedEvent,
 )
-from .exceptions import CancellationError, WorkflowError
+from .exceptions import CancellationError
 from .output import WorkflowRunOutput
 from .status import CancelCause, RunStatus
 from .steps import Step
@@ -218,23 +218,8 @@ class Runner(Lane):
         return self.emit(WorkflowErrorEvent, error=state.error, error_type=state.error_type, step_name=state.step_name)
 
     def _output(self, final: RunStatus) -> WorkflowRunOutput:
-        state = self.state
-        return WorkflowRunOutput(
-            run_id=state.run_id,
-            workflow_id=state.workflow_id,
-            workflow_name=state.workflow_name,
-            status=final,
-            content=self.content if final is RunStatus.completed else None,
-            step_outputs=self.outputs,
-            step_name=state.step_name,
-            cause=state.cause,
-            reason=state.reason,
-            error=state.error,
-            error_type=state.error_type,
-            created_at=state.created_at,
-            started_at=state.started_at,
-            ended_at=state.ended_at,
-        )
+        content = self.content if final is RunStatus.completed else None
+        return WorkflowRunOutput.of(self.state, final, content, self.outputs)
 
     def result_or_raise(self) -> WorkflowRunOutput:
         """The ended run's output, as ``run()`` returns it: ``WorkflowError`` if a step failed."""
@@ -242,11 +227,7 @@ class Runner(Lane):
         assert output is not None, "the run has not ended"
         if output.status is RunStatus.error:
             failure = self.failure
-            raise WorkflowError(
-                f"workflow {output.workflow_id!r} run {output.run_id} failed in step "
-                f"{output.step_name!r}: {output.error_type}: {output.error}",
-                output,
-            ) from (failure.error if failure is not None else None)
+            raise output.failure() from (failure.error if failure is not None else None)
         return output
 
     def interrupt(self, error: BaseException) -> None:

@@ -3,11 +3,49 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from .exceptions import WorkflowError
 from .status import CancelCause, RunStatus
 
-__all__ = ["WorkflowRunOutput"]
+__all__ = ["RunRecord", "WorkflowRunOutput"]
+
+
+class RunRecord(Protocol):
+    """What an output is made from: a live run's state or a stored ``RunInfo``."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def workflow_id(self) -> str: ...
+
+    @property
+    def workflow_name(self) -> str: ...
+
+    @property
+    def step_name(self) -> str | None: ...
+
+    @property
+    def cause(self) -> CancelCause | None: ...
+
+    @property
+    def reason(self) -> str | None: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+    @property
+    def error_type(self) -> str | None: ...
+
+    @property
+    def created_at(self) -> float: ...
+
+    @property
+    def started_at(self) -> float | None: ...
+
+    @property
+    def ended_at(self) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -41,3 +79,31 @@ class WorkflowRunOutput:
     @property
     def cancelled(self) -> bool:
         return self.status is RunStatus.cancelled
+
+    @classmethod
+    def of(cls, record: RunRecord, status: RunStatus, content: Any, step_outputs: dict[str, Any]) -> WorkflowRunOutput:
+        """The output of the run ``record`` describes, ended ``status``."""
+        return cls(
+            run_id=record.run_id,
+            workflow_id=record.workflow_id,
+            workflow_name=record.workflow_name,
+            status=status,
+            content=content,
+            step_outputs=step_outputs,
+            step_name=record.step_name,
+            cause=record.cause,
+            reason=record.reason,
+            error=record.error,
+            error_type=record.error_type,
+            created_at=record.created_at,
+            started_at=record.started_at,
+            ended_at=record.ended_at,
+        )
+
+    def failure(self) -> WorkflowError:
+        """The ``WorkflowError`` that ``run()`` / ``result()`` raise for this (``error``) run."""
+        return WorkflowError(
+            f"workflow {self.workflow_id!r} run {self.run_id} failed in step "
+            f"{self.step_name!r}: {self.error_type}: {self.error}",
+            self,
+        )
