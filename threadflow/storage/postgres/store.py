@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple
 
 from ...events import BaseEvent, Event, parse_event
 from ...status import RunInfo, RunStatus
+from .._follow import follow_log
 from .._text import check_reason
 from ..base import LocalRuns
 from ..errors import StoreError
@@ -236,23 +239,16 @@ class PostgresStore:
         at once for an unknown run, and after the last event of an ended one.
         """
         self._listener.start()
-        cursor = after_seq
-        while True:
-            wake = self._listener.events.register(run_id)
-            try:
-                batch = self.events(run_id, cursor)
-                for event in batch:
-                    cursor = event.seq
-                    yield event
-                    if event.terminal:
-                        return
-                if not batch:
-                    info = self.get_run(run_id)
-                    if info is None or (info.status.is_terminal and not self.events(run_id, cursor)):
-                        return
-                    wake.wait(poll)
-            finally:
-                self._listener.events.unregister(run_id, wake)
+        return follow_log(self, run_id, after_seq, poll, functools.partial(self._woken_for, run_id))
+
+    @contextlib.contextmanager
+    def _woken_for(self, run_id: str) -> Iterator[threading.Event]:
+        """An event the listener sets when the writer NOTIFYs about ``run_id``, while the block runs."""
+        wake = self._listener.events.register(run_id)
+        try:
+            yield wake
+        finally:
+            self._listener.events.unregister(run_id, wake)
 
     def wait_ended(self, run_id: str, timeout: float | None = None) -> bool:
         """Block until the run's record is terminal (True) or ``timeout`` seconds pass (False); woken by NOTIFY."""

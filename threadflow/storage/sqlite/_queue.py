@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 from ...events import BaseEvent, Event, StepCompletedEvent, WorkflowCancelledEvent, WorkflowStartedEvent
 from ...exceptions import DuplicateRunError
 from ...status import CancelCause, RunInfo
+from .._follow import follow_log
 from .._text import clean_text, maybe_text
 from ..errors import StoreError
 from ._layout import RunBuffer
@@ -248,20 +249,7 @@ class QueueSide:
 
     def follow(self, run_id: str, after_seq: int = 0, *, poll: float = 0.02) -> Iterator[Event]:
         """The run's events after ``after_seq`` as they are committed by any process, through its terminal event."""
-        cursor = after_seq
-        pause = threading.Event()
-        while True:
-            batch = self.events(run_id, cursor)
-            for event in batch:
-                cursor = event.seq
-                yield event
-                if event.terminal:
-                    return
-            if not batch:
-                info = self.get_run(run_id)
-                if info is None or (info.status.is_terminal and not self.events(run_id, cursor)):
-                    return
-                pause.wait(poll)
+        return follow_log(self, run_id, after_seq, poll)
 
     def wait_ended(self, run_id: str, timeout: float | None = None) -> bool:
         """Block until the run's record is terminal (True) or ``timeout`` seconds pass (False)."""
