@@ -98,7 +98,8 @@ def test_a_run_cancelled_while_queued_has_the_events_output_and_record_of_an_aba
     assert (cancelled.cause, cancelled.reason, cancelled.step_name) == (CancelCause.requested, "not now", None)
     info = wf.get_run(handle.run_id)
     assert info is not None and info.status is RunStatus.cancelled
-    assert (started.created_at, cancelled.created_at) == (info.started_at, info.ended_at)
+    assert info.started_at is not None and info.ended_at is not None
+    assert abs(started.created_at - info.started_at) < 1 and abs(cancelled.created_at - info.ended_at) < 1
     assert output.started_at == info.started_at and output.ended_at == info.ended_at
     assert calls == ["first"]
 

@@ -95,7 +95,7 @@ def _record_abandoned(runner: Runner, in_stream: bool) -> None:
         unsent.append(runner.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields))
     if state.started_at is None:  # never iterated: the log still starts with workflow_started
         state.started_at = time.time()
-        unsent.append(runner.emit(WorkflowStartedEvent))
+        unsent.append(runner.emit_started())
     unsent.append(runner._finish(RunStatus.cancelled))
 
 

@@ -21,6 +21,7 @@ import time
 import weakref
 from collections import deque
 
+from . import _observe
 from ._abandon import unstarted_events
 from ._gcdefer import drain
 from ._registry import REGISTRY
@@ -179,13 +180,18 @@ def _execute(handle: RunHandle) -> None:
 def _record_unstarted(handle: RunHandle) -> None:
     """Record a queued run whose cancel was accepted: ``workflow_started`` + ``workflow_cancelled``, then done."""
     try:
-        source = handle._source
-        if source is None or source.debug_mode or handle._state.store is None or handle._state.store.records_events:
-            handle._materialize().abandon()  # its events are heard (a runner already, a store, the debug log)
+        if _heard(handle):
+            handle._materialize().abandon()
         else:
             _end_unheard(handle)
     finally:
         _done(handle)
+
+
+def _heard(handle: RunHandle) -> bool:
+    """Whether a queued run's events are heard as they are made: a runner, a store, telemetry, the debug log."""
+    source, store = handle._source, handle._state.store
+    return source is None or source.debug_mode or _observe.OBSERVER is not None or store is None or store.records_events
 
 
 def _end_unheard(handle: RunHandle) -> None:

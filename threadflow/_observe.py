@@ -2,7 +2,9 @@
 
 While none is installed (the default) the core pays one attribute read per
 run and per accepted cancel, nothing per event: the runner only adds the
-observer's per-run sink to its sinks when there is one.
+observer's per-run sink to its sinks when there is one. An observer that
+needs only each run's start and end (metrics) asks for them with ``ends``,
+and a run nobody else listens to stays quiet: it builds no event at all.
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .events import BaseEvent
-from .status import CancelCause
+from .status import CancelCause, RunStatus
 
-__all__ = ["OBSERVER", "Observer", "StepScopes", "cancel_requested", "set_observer", "traceparent"]
+__all__ = ["OBSERVER", "Observer", "RunEnds", "StepScopes", "cancel_requested", "set_observer", "traceparent"]
 
 logger = logging.getLogger("threadflow")
 
@@ -35,6 +37,18 @@ class StepScopes(Protocol):
         ...
 
 
+class RunEnds(Protocol):
+    """Told when each run starts and ends, in the run's thread: at its ``workflow_started`` and terminal event."""
+
+    def started(self, workflow_id: str) -> None:
+        """A run emitted ``workflow_started`` (a resumed run that logged it before does not)."""
+        ...
+
+    def ended(self, run_id: str, workflow_id: str, status: RunStatus, cause: CancelCause | None) -> None:
+        """A run ended ``status`` (``cause``: a cancelled run's), right after its terminal event was emitted."""
+        ...
+
+
 class Observer(Protocol):
     def traceparent(self) -> str | None:
         """The W3C traceparent of the span current in this thread (None: no span, or not tracing)."""
@@ -50,6 +64,14 @@ class Observer(Protocol):
 
     def steps(self, run_id: str) -> StepScopes | None:
         """The run's step spans, for step code to run inside (None: not tracing)."""
+        ...
+
+    def ends(self) -> RunEnds | None:
+        """What hears of every run's start and end, and nothing else (None: not interested). Optional.
+
+        Unlike ``watch``'s sink it leaves a run nobody else hears quiet: no
+        event is built for it (metrics count runs so).
+        """
         ...
 
     def cancel_requested(self, run_id: str, cause: CancelCause, reason: str | None) -> None:
