@@ -16,7 +16,16 @@ from typing import Any, Protocol
 from .events import BaseEvent
 from .status import CancelCause, RunStatus
 
-__all__ = ["OBSERVER", "Observer", "RunEnds", "StepScopes", "cancel_requested", "set_observer", "traceparent"]
+__all__ = [
+    "OBSERVER",
+    "Observer",
+    "RunEnds",
+    "StepScopes",
+    "cancel_requested",
+    "set_observer",
+    "traceparent",
+    "watches_events",
+]
 
 logger = logging.getLogger("threadflow")
 
@@ -86,6 +95,16 @@ OBSERVER: Observer | None = None
 def set_observer(observer: Observer | None) -> None:
     global OBSERVER
     OBSERVER = observer
+
+
+def watches_events() -> bool:
+    """True if the observer may want a new run's events as they are made (not only its start and end).
+
+    Then the run's ``watch`` must be taken in the thread that creates the run.
+    An observer that says nothing of it (no ``watches_events``) is assumed to.
+    """
+    observer = OBSERVER
+    return observer is not None and bool(getattr(observer, "watches_events", True))
 
 
 def traceparent() -> str | None:

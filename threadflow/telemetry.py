@@ -52,6 +52,11 @@ class _Observers:
     def parts(self) -> list[Any]:
         return [part for part in (self.tracer, self.metrics) if part is not None]
 
+    @property
+    def watches_events(self) -> bool:
+        """Only the traces need a run's events; the metrics count its start and end (``ends``)."""
+        return self.tracer is not None
+
     def traceparent(self) -> str | None:
         tracer = self.tracer
         return None if tracer is None else tracer.traceparent()

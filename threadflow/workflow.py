@@ -225,16 +225,16 @@ class Workflow:
         """A registered (pending) background run, not yet handed to a worker.
 
         Its runner is made when the run starts (or is cancelled while queued):
-        a queued run holds only its state, its input and its handle. When a
-        span is current here (tracing) it is made at once, so that the run's
-        span is a child of this thread's, as for any other run.
+        a queued run holds only its state, its input and its handle. While
+        telemetry traces runs it is made at once, so that the observer
+        watches the run from the thread that created it, as for any other run.
         """
         drain()
         run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
         state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=True)
         handle = RunHandle(state, self, run_input)
-        if _observe.OBSERVER is not None and _observe.traceparent() is not None:
+        if _observe.watches_events():
             handle._materialize()
         self._register(state, create=True, store=self.store)
         return handle
