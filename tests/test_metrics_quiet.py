@@ -89,7 +89,9 @@ def test_metrics_count_a_queued_run_cancelled_before_it_started(built: list[type
     before = samples()
     first = wf.run("first", background=True)
     queued = wf.run("queued", background=True)
+    assert queued._runner is None  # metrics alone need no runner made at submit
     assert queued.cancel("not now") is True
+    assert queued._runner is None  # ...nor to count it cancelled
     assert queued.result(0).status is RunStatus.cancelled
     assert [e.event for e in queued.events()] == ["workflow_started", "workflow_cancelled"]
     gate.set()
@@ -101,3 +103,27 @@ def test_metrics_count_a_queued_run_cancelled_before_it_started(built: list[type
     assert (
         grew(before, after, "threadflow_runs_ended_total", workflow="quiet-queued", status="completed", cause="") == 1
     )
+
+
+def test_while_traces_are_on_a_queued_run_is_made_at_once_and_its_cancel_is_traced() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry.instrument(provider)
+    try:
+        gate = threading.Event()
+        wf = Workflow("traced-queued", steps=[lambda si: get_context().wait(gate)], max_concurrent_runs=1)
+        first = wf.run("first", background=True)
+        queued = wf.run("queued", background=True)
+        assert queued._runner is not None  # watched from the submitting thread, as any run
+        assert queued.cancel() is True
+        gate.set()
+        assert first.wait(WAIT) and queued.wait(WAIT)
+    finally:
+        telemetry.uninstrument()
+    runs = [s for s in exporter.get_finished_spans() if s.name == "threadflow.run"]
+    assert {s.attributes["threadflow.run_id"] for s in runs if s.attributes} >= {first.run_id, queued.run_id}

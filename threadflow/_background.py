@@ -191,7 +191,7 @@ def _record_unstarted(handle: RunHandle) -> None:
 def _heard(handle: RunHandle) -> bool:
     """Whether a queued run's events are heard as they are made: a runner, a store, telemetry, the debug log."""
     source, store = handle._source, handle._state.store
-    return source is None or source.debug_mode or _observe.OBSERVER is not None or store is None or store.records_events
+    return source is None or source.debug_mode or _observe.watches_events() or store is None or store.records_events
 
 
 def _end_unheard(handle: RunHandle) -> None:
@@ -204,6 +204,10 @@ def _end_unheard(handle: RunHandle) -> None:
         if log is not None:  # a follower is waiting for them
             for event in unstarted_events(state):
                 log.append(event)
+        ends = _observe.run_ends()
+        if ends is not None:  # metrics count it as the runner would have: started, then ended
+            ends.started(state.workflow_id)
+            ends.ended(state.run_id, state.workflow_id, RunStatus.cancelled, state.effective_cause)
         if state.store is not None:
             state.store.run_ended(state.info())
     finally:
@@ -250,7 +254,10 @@ def shutdown(timeout: float | None = 10.0) -> bool:
 def _cancel_unstarted(handle: RunHandle) -> None:
     """End a run taken out of its queue: cancelled (``shutdown``) and recorded, having never started."""
     try:
-        REGISTRY.cancel(handle._state, _SHUTDOWN, CancelCause.shutdown)  # its _Unqueue finds it taken
+        # Its one callback is its _Unqueue (no step of it ran), a no-op now that it is taken: dropped,
+        # the cancel has no callbacks to run (nor an Event to make for concurrent cancellers to wait on).
+        REGISTRY.clear_callbacks(handle._state)
+        REGISTRY.cancel(handle._state, _SHUTDOWN, CancelCause.shutdown)
     finally:
         _record_unstarted(handle)
 

@@ -22,6 +22,7 @@ __all__ = [
     "RunEnds",
     "StepScopes",
     "cancel_requested",
+    "run_ends",
     "set_observer",
     "traceparent",
     "watches_events",
@@ -105,6 +106,12 @@ def watches_events() -> bool:
     """
     observer = OBSERVER
     return observer is not None and bool(getattr(observer, "watches_events", True))
+
+
+def run_ends() -> RunEnds | None:
+    """What hears of each run's start and end: the observer's optional ``ends``, or None."""
+    ends = getattr(OBSERVER, "ends", None)
+    return ends() if ends is not None else None
 
 
 def traceparent() -> str | None:

@@ -77,8 +77,7 @@ class Runner(Lane):
         if observer is not None:  # state.traceparent is set here only for a run created elsewhere
             watch = observer.watch(state.run_id, state.workflow_id, state.traceparent)
             self.spans = observer.steps(state.run_id)
-            ends = getattr(observer, "ends", None)  # optional: an observer may not have it
-            self.ends = ends() if ends is not None else None
+            self.ends = _observe.run_ends()
         recorder = store.append if store is not None and store.records_events else None
         self.sink = sink if recorder is None and watch is None else _fan_out([s for s in (recorder, sink, watch) if s])
         self.failure: StepFailed | None = None
