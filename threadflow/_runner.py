@@ -204,7 +204,7 @@ class Runner(Lane):
                 self.store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
-            self.aio.close()
+            self.close_aio()
         return terminal
 
     def _emit_terminal(self, final: RunStatus) -> BaseEvent:
