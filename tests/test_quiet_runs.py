@@ -237,3 +237,49 @@ def test_a_forked_child_makes_other_run_ids_than_its_parent() -> None:
     parent = {new_run_id() for _ in range(3)}
     assert len(child) == 3
     assert not child & parent
+
+
+def test_run_ids_are_distinct_version_4_uuids_whichever_thread_takes_them() -> None:
+    """Ids are made in batches and popped: threads racing for them never share one, and each is a valid UUID4."""
+    import threading
+    import uuid
+
+    from threadflow._registry import new_run_id
+
+    barrier = threading.Barrier(8)
+    taken: list[list[str]] = [[] for _ in range(8)]
+
+    def take(mine: list[str]) -> None:
+        barrier.wait()
+        mine.extend(new_run_id() for _ in range(2_000))  # several refills of the batch, raced
+
+    threads = [threading.Thread(target=take, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    ids = [run_id for mine in taken for run_id in mine]
+    assert len(set(ids)) == len(ids) == 16_000
+    for run_id in ids:
+        parsed = uuid.UUID(run_id)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, run_id)
+    variants = {run_id[19] for run_id in ids}
+    assert variants == set("89ab")  # the variant's two random bits are random
+
+
+def test_a_runs_output_carries_each_field_of_its_record() -> None:
+    """WorkflowRunOutput.of builds positionally: every field must land in its own place."""
+    from threadflow._registry import RunState
+    from threadflow.output import WorkflowRunOutput
+
+    state = RunState("r-id", "w-id", "w-name")
+    state.step_name, state.cause, state.reason = "the-step", CancelCause.timeout, "the reason"
+    state.error, state.error_type = "the error", "TheError"
+    state.created_at, state.started_at, state.ended_at = 1.0, 2.0, 3.0
+    outputs = {"the-step": "out"}
+    output = WorkflowRunOutput.of(state, RunStatus.cancelled, "content", outputs)
+    assert (output.run_id, output.workflow_id, output.workflow_name) == ("r-id", "w-id", "w-name")
+    assert (output.status, output.content, output.step_outputs) == (RunStatus.cancelled, "content", outputs)
+    assert (output.step_name, output.cause, output.reason) == ("the-step", CancelCause.timeout, "the reason")
+    assert (output.error, output.error_type) == ("the error", "TheError")
+    assert (output.created_at, output.started_at, output.ended_at) == (1.0, 2.0, 3.0)

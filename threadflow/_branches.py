@@ -175,7 +175,7 @@ class _Group:
             self._fail(error)
         finally:
             try:
-                lane.aio.close()  # the branch's own event loop, if its async steps made one
+                lane.close_aio()  # the branch's own event loop, if its async steps made one
             finally:
                 self._ended()
 

@@ -99,7 +99,7 @@ class Lane:
         # The contextvars.Context that generator's code runs in, the run's context ambient there.
         self._step_context: contextvars.Context | None = None
         self._stream_fields: dict[str, Any] | None = None
-        self.aio = AsyncSteps(state, ctx)  # the lane's private event loop, made by its first async step
+        self._aio: AsyncSteps | None = None  # the lane's private event loop, made by its first async step
         self._base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
         #: "" for top-level steps; "fanout/" inside the composite step "fanout".
         self.prefix = ""
@@ -118,6 +118,19 @@ class Lane:
         every run cyclic garbage, left for the garbage collector to find.
         """
         return self._root if self._root is not None else cast("Runner", self)
+
+    @property
+    def aio(self) -> AsyncSteps:
+        """The lane's async steps' runner, made on first use (most runs have no async step)."""
+        aio = self._aio
+        if aio is None:
+            aio = self._aio = AsyncSteps(self.state, self.ctx)
+        return aio
+
+    def close_aio(self) -> None:
+        """Close the lane's event loop, if an async step made one."""
+        if self._aio is not None:
+            self._aio.close()
 
     # -- events -------------------------------------------------------------
 

@@ -349,35 +349,40 @@ class Registry:
 
 
 def new_run_id() -> str:
-    """A random (version 4) UUID string, made without the uuid module's object overhead."""
-    raw = bytearray(_random_16())
-    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
-    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random (version 4) UUID string, made without the uuid module's object overhead.
+
+    Ids are made 256 at a time from one ``os.urandom`` read; ``list.pop`` hands
+    each out once, whichever thread asks.
+    """
+    while True:
+        try:
+            return _ids.pop()
+        except IndexError:
+            with _ids_lock:
+                if not _ids:
+                    _ids.extend(_make_ids(256))
 
 
-_RANDOM_BATCH = 16 * 256
-_random_lock = threading.Lock()
-_random = b""
-_random_at = 0
+# A version-4 UUID's variant nibble is 10xx: its two low bits are random.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+_ids_lock = threading.Lock()
+_ids: list[str] = []
 
 
-def _random_16() -> bytes:
-    """16 bytes of os.urandom, read 4 KiB at a time (one system call per 256 run ids)."""
-    global _random, _random_at
-    with _random_lock:
-        start = _random_at
-        if start >= len(_random):
-            _random, start = os.urandom(_RANDOM_BATCH), 0
-        _random_at = start + 16
-        return _random[start : start + 16]
+def _make_ids(count: int) -> list[str]:
+    h = os.urandom(16 * count).hex()
+    return [
+        f"{h[o : o + 8]}-{h[o + 8 : o + 12]}-4{h[o + 13 : o + 16]}-"  # version 4
+        f"{_VARIANT[h[o + 16]]}{h[o + 17 : o + 20]}-{h[o + 20 : o + 32]}"
+        for o in range(0, 32 * count, 32)
+    ]
 
 
 def _forget_random() -> None:
-    """A forked child must not hand out the ids its parent will (the bytes it inherited)."""
-    global _random, _random_at, _random_lock
-    _random, _random_at, _random_lock = b"", 0, threading.Lock()
+    """A forked child must not hand out the ids its parent will (the ones it inherited)."""
+    global _ids_lock
+    _ids.clear()
+    _ids_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_random)

@@ -211,7 +211,7 @@ class Runner(Lane):
                 self.store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
-            self.aio.close()
+            self.close_aio()
         return terminal
 
     def emit_started(self) -> BaseEvent:

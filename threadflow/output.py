@@ -83,21 +83,21 @@ class WorkflowRunOutput:
     @classmethod
     def of(cls, record: RunRecord, status: RunStatus, content: Any, step_outputs: dict[str, Any]) -> WorkflowRunOutput:
         """The output of the run ``record`` describes, ended ``status``."""
-        return cls(
-            run_id=record.run_id,
-            workflow_id=record.workflow_id,
-            workflow_name=record.workflow_name,
-            status=status,
-            content=content,
-            step_outputs=step_outputs,
-            step_name=record.step_name,
-            cause=record.cause,
-            reason=record.reason,
-            error=record.error,
-            error_type=record.error_type,
-            created_at=record.created_at,
-            started_at=record.started_at,
-            ended_at=record.ended_at,
+        return cls(  # positional, in field order: a run's output is built on every run
+            record.run_id,
+            record.workflow_id,
+            record.workflow_name,
+            status,
+            content,
+            step_outputs,
+            record.step_name,
+            record.cause,
+            record.reason,
+            record.error,
+            record.error_type,
+            record.created_at,
+            record.started_at,
+            record.ended_at,
         )
 
     def failure(self) -> WorkflowError:

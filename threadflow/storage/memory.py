@@ -8,7 +8,6 @@ events: memory stays flat however many runs finish.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from .._validate import check_count
@@ -26,7 +25,7 @@ class MemoryStore:
     def __init__(self, max_runs: int = 1000) -> None:
         self.max_runs = check_count("max_runs", max_runs)
         self._lock = threading.Lock()
-        self._finished: OrderedDict[str, RunInfo] = OrderedDict()
+        self._finished: dict[str, RunInfo] = {}  # oldest first
 
     def run_created(self, info: RunInfo) -> None:
         """Active runs are answered by the registry; nothing to keep yet."""
@@ -36,11 +35,13 @@ class MemoryStore:
 
     def run_ended(self, info: RunInfo) -> None:
         finished = self._finished
+        run_id = info.run_id
         with self._lock:
-            finished[info.run_id] = info
-            finished.move_to_end(info.run_id)  # a run id can come back (an ended run's id reused)
+            if run_id in finished:  # a run id can come back (an ended run's id reused): it moves to the end
+                del finished[run_id]
+            finished[run_id] = info
             while len(finished) > self.max_runs:
-                finished.popitem(last=False)
+                del finished[next(iter(finished))]
 
     def get_run(self, run_id: str) -> RunInfo | None:
         return self._finished.get(run_id)
