@@ -95,8 +95,10 @@ def child_threadflow(n: int, traced: bool) -> dict[str, float]:
     from threadflow import RunStatus, Step, StepInput, Workflow, get_context
 
     gate = threading.Event()
+    entered: list[object] = []
 
     def block(si: StepInput) -> str:
+        entered.append(si.input)
         get_context().wait(gate)
         return "done"
 
@@ -104,10 +106,12 @@ def child_threadflow(n: int, traced: bool) -> dict[str, float]:
     running = wf.run(-1, background=True)
     grown, handles = measure(lambda: [wf.run(i, background=True) for i in range(n)], traced)
     assert wf._pool.queued == n
+    entered.clear()
     started = time.perf_counter()
     threadflow.shutdown(timeout=5)  # the running run too: its ctx.wait is a checkpoint
     shutdown = time.perf_counter() - started
     check_cancelled(wf, [running, *handles], RunStatus)
+    assert entered == [], "shutdown() let a queued run start"
     more = [wf.run(i, background=True) for i in range(n)]  # the queue's one run starts: let it block
     started = time.perf_counter()
     for handle in more:
@@ -117,7 +121,8 @@ def child_threadflow(n: int, traced: bool) -> dict[str, float]:
     cancel_each = time.perf_counter() - started
     check_cancelled(wf, more, RunStatus)
     threadflow.shutdown(timeout=5)
-    return {"bytes": grown, "cancel_each": cancel_each, "shutdown": shutdown}
+    result = {"bytes": grown, "cancel_each": cancel_each, "shutdown": shutdown}
+    return result | {"started_each": len(entered) - 1}  # more[0] took the free slot at once
 
 
 def check_cancelled(wf: Any, handles: list[Any], status: Any) -> None:
@@ -154,9 +159,10 @@ def main() -> None:
         for scenario in SCENARIOS:
             result = run_child(scenario, n, traced=False)
             rss[scenario].append(result["bytes"] / 2**20)
-            for key in ("shutdown", "cancel_each"):
+            for key in ("shutdown", "cancel_each", "started_each"):
                 if key in result:
-                    times.setdefault(f"{scenario} {key}", []).append(result[key] * 1e3)
+                    scale = 1 if key == "started_each" else 1e3
+                    times.setdefault(f"{scenario} {key}", []).append(result[key] * scale)
             traced[scenario].append(run_child(scenario, n, traced=True)["bytes"] / 2**20)
     report(n, rounds, rss, traced, times)
 
@@ -186,6 +192,11 @@ def report(
     }
     for key, label in names.items():
         print(f"  {label:42s}  {span(times[key])}")
+    started = times["threadflow started_each"]
+    print(
+        f"\n  queued runs a worker started before cancel_run() reached them: {min(started):.0f} .. {max(started):.0f}"
+    )
+    print("  (cancelling in submission order frees the slot for the next one; shutdown() empties the queue first: 0)")
     print("\n  every threadflow run ended cancelled and recorded so: yes")
 
 
