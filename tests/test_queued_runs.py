@@ -235,3 +235,37 @@ def test_a_queued_run_of_a_store_that_records_events_has_them_stored(tmp_path: o
         assert first.wait(WAIT)
     finally:
         store.close()
+
+
+@pytest.mark.stress
+def test_concurrent_cancels_of_a_queued_run_each_return_once_it_is_recorded() -> None:
+    """A cancel returns after the run's callbacks ran: here, once the run is out of the queue and ended.
+
+    The cancels that lose the race wait for the one running the callbacks; the Event they wait on is made by
+    the first of them, so every interleaving of "made", "waited on" and "set" is exercised.
+    """
+    gate = threading.Event()
+    wf = blocked_workflow(gate)
+    first = wf.run("first", background=True)
+    for _ in range(200):
+        handle = wf.run("queued", background=True)
+        barrier = threading.Barrier(4)
+        seen: list[tuple[bool, bool]] = []
+
+        def cancel(
+            handle: RunHandle = handle, barrier: threading.Barrier = barrier, seen: list[tuple[bool, bool]] = seen
+        ) -> None:
+            barrier.wait()
+            accepted = handle.cancel()
+            seen.append((accepted, handle.done()))
+
+        threads = [threading.Thread(target=cancel) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WAIT)
+        assert len(seen) == 4 and all(done for _, done in seen), seen  # done, whichever cancel returned first
+        assert any(accepted for accepted, _ in seen)  # later ones may find it ended already: False
+        assert names(check_run_events(handle.events())) == ["workflow_started", "workflow_cancelled"]
+    gate.set()
+    assert first.wait(WAIT)
