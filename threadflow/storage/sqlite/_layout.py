@@ -83,13 +83,23 @@ class Tokens:
     The run's thread only appends (to ``times`` first, then ``contents``);
     the writer only removes a prefix both columns already have. Each list and
     array operation is atomic under the GIL, so the two need no lock here.
+
+    ``path`` is the head's ``step_path`` object: the runner builds every token
+    of one step's stream from one template, so a token whose ``step_path`` is
+    another object belongs to another stretch (a parallel branch's tokens
+    interleave with its sibling's). ``check_at``: the length of ``contents``
+    at which the run's thread next looks up from appending (``SqliteStore``'s
+    checkpoint); the writer sets it to 0 when it takes tokens, so a look is
+    never put off by more than the tokens appended since.
     """
 
-    __slots__ = ("contents", "first", "head", "times")
+    __slots__ = ("check_at", "contents", "first", "head", "path", "times")
 
     def __init__(self, head: RunContentEvent) -> None:
         self.head = head
+        self.path = head.step_path
         self.first = head.seq
+        self.check_at = 0
         self.times = array("d")
         self.contents: list[str] = []
 
@@ -101,6 +111,7 @@ class Tokens:
         header = _dump(self.head, exclude=_TOKEN_FIELDS_OWN)  # first: nothing is removed if it raised
         times, contents = self.times[:count], self.contents[:count]
         del self.times[:count], self.contents[:count]
+        self.check_at = 0
         first, self.first = self.first, self.first + count
         if not _LITTLE_ENDIAN:
             times.byteswap()
@@ -140,8 +151,10 @@ class RunBuffer:
         self.step_name: str | None = None
 
     def open_tokens(self, head: RunContentEvent) -> Tokens:
-        """Start the stretch of tokens that ``head`` begins."""
+        """Start the stretch of tokens that ``head`` begins (sealing the open one: another step's tokens)."""
         with self.lock:
+            if self.tokens is not None:
+                self.sealed.append(self.tokens)
             tokens = self.tokens = Tokens(head)
         return tokens
 
