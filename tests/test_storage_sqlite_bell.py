@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -189,3 +191,23 @@ def test_a_run_that_outruns_the_writer_stays_within_its_buffer(store: SqliteStor
     streamed = list(workflow.run(stream=True))
     assert max(seen) <= 500 + 64  # one checkpoint's worth past the bound, at most
     assert check_run_events(store.events(streamed[0].run_id)) == streamed
+
+
+@linux_only
+def test_a_bell_left_by_a_killed_process_is_removed_by_the_next_one() -> None:
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True)
+    dead = int(exited.stdout)
+    left = Path(f"/dev/shm/threadflow-cancel-{dead}-{secrets.token_hex(16)}")
+    left.write_bytes(b"\0")
+    mine = Path(f"/dev/shm/threadflow-cancel-{os.getpid()}-{secrets.token_hex(16)}")  # alive: kept
+    mine.write_bytes(b"\0")
+    bell = open_bell(secrets.token_hex(16))
+    try:
+        assert bell is not None
+        assert not left.exists()
+        assert mine.exists()
+    finally:
+        mine.unlink()
+        left.unlink(missing_ok=True)
+        if bell is not None:
+            bell.remove()

@@ -16,7 +16,9 @@ answer any request the bell's reader does not (a run blocked in a step that
 yields nothing, another store's run). The file's name holds the watcher's
 random inbox token, recorded only in the run's owner record, and is created
 ``0600``; a ring from anyone else could only cause a read of the database.
-Where there is no ``/dev/shm`` (or no nudges) there is no bell.
+The watcher removes its bell when it stops; one left by a process that was
+killed is removed by the next bell this user opens on the host. Where there
+is no ``/dev/shm`` (or no nudges) there is no bell.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def open_bell(token: str) -> Bell | None:
     """A new bell named by this process and ``token`` (the inbox's); None where there can be none."""
     if not CAN_NUDGE or not token or not _DIRECTORY.is_dir():
         return None
+    _remove_stale()
     path = _bell_path(os.getpid(), token)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -79,6 +82,26 @@ def open_bell(token: str) -> Bell | None:
         return None
     finally:
         os.close(fd)
+
+
+def _remove_stale() -> None:
+    """Remove this user's bells whose process has exited (killed before its watcher could remove them)."""
+    with contextlib.suppress(OSError):
+        for path in _DIRECTORY.glob("threadflow-cancel-*-*"):
+            pid = path.name.split("-")[2]
+            if pid.isdigit() and path.lstat().st_uid == os.getuid() and not _alive(int(pid)):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists (another user's, say): presumed alive
+    return True
 
 
 def ring(owner: RunOwner) -> None:
