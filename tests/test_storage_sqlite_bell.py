@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from threadflow import CancelCause, Parallel, RunStatus, Step, StepInput, Workflow, get_context
-from threadflow.storage import SqliteStore
+from threadflow.storage import SqliteStore, StoreError
 from threadflow.storage.base import LocalRuns
 from threadflow.storage.sqlite._bell import open_bell, ring
 from threadflow.storage.sqlite._liveness import this_process
@@ -211,3 +211,25 @@ def test_a_bell_left_by_a_killed_process_is_removed_by_the_next_one() -> None:
         left.unlink(missing_ok=True)
         if bell is not None:
             bell.remove()
+
+
+@linux_only
+def test_a_failing_look_from_the_run_thread_is_logged_and_the_run_goes_on(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail() -> None:
+        raise StoreError("the file is locked")
+
+    monkeypatch.setattr(store, "_answer_pending", fail)
+
+    def stream(step_input: StepInput) -> Iterator[str]:
+        for count in range(500):
+            yield f"t{count} "
+            if count == 100:
+                owner = store.owner(get_context().run_id)
+                assert owner is not None
+                ring(owner)
+
+    streamed = list(Workflow("failing", steps=[Step("stream", executor=stream)], store=store).run(stream=True))
+    assert streamed[-1].event == "workflow_completed"
+    assert "looking for cancel requests" in caplog.text

@@ -177,7 +177,10 @@ class SqliteStore(QueueSide):
         """
         bell = WATCHER.bell
         if bell is not None and bell.rung():
-            self._answer_pending()
+            try:
+                self._answer_pending()
+            except Exception:  # never the run's problem: the watcher's nudge and poll still answer
+                logger.exception("threadflow: looking for cancel requests in %s failed", self.path)
 
     def run_ended(self, info: RunInfo) -> None:
         """Write the final record; on return it and every event before it are committed.
