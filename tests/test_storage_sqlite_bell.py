@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from threadflow import CancelCause, Parallel, RunStatus, Step, StepInput, Workflow, get_context
+from threadflow import CancelCause, Parallel, RunInfo, RunStatus, Step, StepInput, Workflow, get_context
+from threadflow.events import RunContentEvent
 from threadflow.storage import SqliteStore, StoreError
 from threadflow.storage.base import LocalRuns
 from threadflow.storage.sqlite._bell import open_bell, ring
@@ -233,3 +234,23 @@ def test_a_failing_look_from_the_run_thread_is_logged_and_the_run_goes_on(
     streamed = list(Workflow("failing", steps=[Step("stream", executor=stream)], store=store).run(stream=True))
     assert streamed[-1].event == "workflow_completed"
     assert "looking for cancel requests" in caplog.text
+
+
+def test_tokens_appended_with_equal_fields_share_one_row(store: SqliteStore) -> None:
+    """Tokens built outside the runner (equal fields, distinct objects) still go into one stretch, one row."""
+    info = RunInfo(run_id="by-hand", workflow_id="w", workflow_name="w", status=RunStatus.running, created_at=1.0)
+    store.run_created(info)
+    events = [
+        RunContentEvent(run_id="by-hand", workflow_id="w", workflow_name="w", seq=seq, created_at=float(seq),
+                        step_name="s", step_index=0, step_path="/".join(["p", "s"]), content=f"t{seq}")
+        for seq in range(1, 101)
+    ]  # fmt: skip
+    for event in events:
+        store.append(event)
+    store.flush()
+    assert store.events("by-hand") == events
+    with sqlite3.connect(store.path) as conn:
+        (rows,) = conn.execute("SELECT COUNT(*) FROM events").fetchone()
+    conn.close()
+    assert rows == 1
+    store.run_ended(info.model_copy(update={"status": RunStatus.completed, "ended_at": 2.0}))

@@ -151,9 +151,16 @@ class RunBuffer:
         self.step_name: str | None = None
 
     def open_tokens(self, head: RunContentEvent) -> Tokens:
-        """Start the stretch of tokens that ``head`` begins (sealing the open one: another step's tokens)."""
+        """The stretch ``head`` belongs to: the open one if ``head`` shares its fields, else a new one (sealing it).
+
+        The run's thread calls this when ``head`` is not plainly of the open
+        stretch (see ``Tokens``): the first token, a sibling branch's, or one
+        built elsewhere with equal fields (kept in the open stretch).
+        """
         with self.lock:
             if self.tokens is not None:
+                if _shares_fields(self.tokens.head, head):
+                    return self.tokens
                 self.sealed.append(self.tokens)
             tokens = self.tokens = Tokens(head)
         return tokens
@@ -237,6 +244,12 @@ class RunBuffer:
         with self.lock:
             tokens = 0 if self.tokens is None else len(self.tokens.contents)
             return self.retry_events + sum(_size(stretch) for stretch in self.sealed) + tokens
+
+
+def _shares_fields(head: RunContentEvent, event: RunContentEvent) -> bool:
+    """Whether ``event`` has every field of ``head`` but its own (``seq``, ``created_at``, ``content``)."""
+    theirs = event.__dict__
+    return all(theirs.get(name) == value for name, value in head.__dict__.items() if name not in _TOKEN_FIELDS_OWN)
 
 
 def _size(stretch: Lines | Tokens) -> int:
