@@ -16,7 +16,7 @@ EXPECTED = {
     "bench_core.py": ["baseline A", "baseline B", "bare loop", "p99", "registry 0"],
     "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],
     "bench_queued.py": ["pending cf futures (floor)", "queued threadflow runs", "threadflow.shutdown()", "so: yes"],
-    "bench_store.py": ["MemoryStore", "SqliteStore", "p99"],
+    "bench_store.py": ["MemoryStore", "SqliteStore", "rounds", "p99"],
     "bench_http.py": ["in-process", "p99", "events per second"],
     "bench_http_disconnect.py": ["concurrent streams", "p99", "completed after their client left: 0 of 20"],
     "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event", "plain run() with metrics on"],

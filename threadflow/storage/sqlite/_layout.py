@@ -83,13 +83,23 @@ class Tokens:
     The run's thread only appends (to ``times`` first, then ``contents``);
     the writer only removes a prefix both columns already have. Each list and
     array operation is atomic under the GIL, so the two need no lock here.
+
+    ``path`` is the head's ``step_path`` object: the runner builds every token
+    of one step's stream from one template, so a token whose ``step_path`` is
+    another object belongs to another stretch (a parallel branch's tokens
+    interleave with its sibling's). ``check_at``: the length of ``contents``
+    at which the run's thread next looks up from appending (``SqliteStore``'s
+    checkpoint); the writer sets it to 0 when it takes tokens, so a look is
+    never put off by more than the tokens appended since.
     """
 
-    __slots__ = ("contents", "first", "head", "times")
+    __slots__ = ("check_at", "contents", "first", "head", "path", "times")
 
     def __init__(self, head: RunContentEvent) -> None:
         self.head = head
+        self.path = head.step_path
         self.first = head.seq
+        self.check_at = 0
         self.times = array("d")
         self.contents: list[str] = []
 
@@ -101,6 +111,7 @@ class Tokens:
         header = _dump(self.head, exclude=_TOKEN_FIELDS_OWN)  # first: nothing is removed if it raised
         times, contents = self.times[:count], self.contents[:count]
         del self.times[:count], self.contents[:count]
+        self.check_at = 0
         first, self.first = self.first, self.first + count
         if not _LITTLE_ENDIAN:
             times.byteswap()
@@ -140,8 +151,17 @@ class RunBuffer:
         self.step_name: str | None = None
 
     def open_tokens(self, head: RunContentEvent) -> Tokens:
-        """Start the stretch of tokens that ``head`` begins."""
+        """The stretch ``head`` belongs to: the open one if ``head`` shares its fields, else a new one (sealing it).
+
+        The run's thread calls this when ``head`` is not plainly of the open
+        stretch (see ``Tokens``): the first token, a sibling branch's, or one
+        built elsewhere with equal fields (kept in the open stretch).
+        """
         with self.lock:
+            if self.tokens is not None:
+                if _shares_fields(self.tokens.head, head):
+                    return self.tokens
+                self.sealed.append(self.tokens)
             tokens = self.tokens = Tokens(head)
         return tokens
 
@@ -224,6 +244,12 @@ class RunBuffer:
         with self.lock:
             tokens = 0 if self.tokens is None else len(self.tokens.contents)
             return self.retry_events + sum(_size(stretch) for stretch in self.sealed) + tokens
+
+
+def _shares_fields(head: RunContentEvent, event: RunContentEvent) -> bool:
+    """Whether ``event`` has every field of ``head`` but its own (``seq``, ``created_at``, ``content``)."""
+    theirs = event.__dict__
+    return all(theirs.get(name) == value for name, value in head.__dict__.items() if name not in _TOKEN_FIELDS_OWN)
 
 
 def _size(stretch: Lines | Tokens) -> int:

@@ -31,9 +31,9 @@ from typing import NamedTuple
 
 from ._liveness import RunOwner, this_process
 
-__all__ = ["Nudge", "nudge", "open_inbox", "wait_for_nudge"]
+__all__ = ["CAN_NUDGE", "Nudge", "nudge", "open_inbox", "wait_for_nudge"]
 
-_CAN_NUDGE = sys.platform.startswith("linux") and hasattr(socket, "SO_PASSCRED")
+CAN_NUDGE = sys.platform.startswith("linux") and hasattr(socket, "SO_PASSCRED")
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _MAX_NUDGE = 60_000
 
@@ -52,7 +52,7 @@ def _inbox_address(pid: int, token: str) -> str:
 
 def open_inbox() -> tuple[socket.socket, str] | None:
     """A socket that receives nudges for this process, and the token to record; None where nudges are unavailable."""
-    if not _CAN_NUDGE:
+    if not CAN_NUDGE:
         return None
     token = secrets.token_hex(16)
     inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -101,7 +101,7 @@ def _trusted(level: int, kind: int, data: bytes) -> bool:
 
 def nudge(owner: RunOwner, request: Nudge) -> None:
     """Send ``request`` to the watcher of ``owner`` if it runs on this host and listens; never raises or blocks."""
-    if not _CAN_NUDGE or not owner.inbox or owner.host != this_process().host:
+    if not CAN_NUDGE or not owner.inbox or owner.host != this_process().host:
         return
     data = json.dumps(list(request)).encode()
     if len(data) > _MAX_NUDGE:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 
 from .._text import check_reason, clean_text
 from ..base import LocalRuns
+from ._bell import Bell, open_bell, ring
 from ._liveness import owner_alive, this_process
 from ._nudges import Nudge, nudge, open_inbox, wait_for_nudge
 from ._rows import answer_request, insert_request
@@ -55,6 +56,7 @@ def request_cancel(store: SqliteStore, run_id: str, reason: str | None, timeout:
     if request_id is None:
         return False  # it ended meanwhile
     if owner is not None:
+        ring(owner)  # first: a run streaming flat out answers from its own thread (see _bell.py)
         nudge(owner, Nudge(request_id, run_id, reason))
     return _await_answer(store, request_id, run_id, time.monotonic() + timeout)
 
@@ -180,6 +182,8 @@ class _CancelWatcher:
         self._stores: set[SqliteStore] = set()
         self._thread: threading.Thread | None = None
         self._inbox: tuple[socket.socket, str] | None = None
+        #: The doorbell named by the inbox's token, read by streaming runs' threads; None without an inbox.
+        self.bell: Bell | None = None
 
     def watch(self, store: SqliteStore) -> str:
         """Look for cancel requests in ``store`` until it has no active runs left; the inbox token to record.
@@ -192,8 +196,9 @@ class _CancelWatcher:
             self._stores.add(store)
             if self._thread is None:
                 self._inbox = open_inbox()
+                self.bell = None if self._inbox is None else open_bell(self._inbox[1])
                 self._thread = threading.Thread(
-                    target=self._loop, args=(self._inbox,), name="threadflow-cancel-watcher", daemon=True
+                    target=self._loop, args=(self._inbox, self.bell), name="threadflow-cancel-watcher", daemon=True
                 )
                 self._thread.start()
             return "" if self._inbox is None else self._inbox[1]
@@ -218,7 +223,7 @@ class _CancelWatcher:
     def is_current(self) -> bool:
         return threading.current_thread() is self._thread
 
-    def _loop(self, inbox: tuple[socket.socket, str] | None) -> None:
+    def _loop(self, inbox: tuple[socket.socket, str] | None, bell: Bell | None) -> None:
         """Until no store has active runs: act on nudges at once, poll every store's table too."""
         try:
             while True:
@@ -236,9 +241,11 @@ class _CancelWatcher:
         finally:
             with self._lock:
                 if self._thread is threading.current_thread():
-                    self._thread = self._inbox = None  # a later watch() starts another
+                    self._thread = self._inbox = self.bell = None  # a later watch() starts another
                 if inbox is not None:
                     inbox[0].close()  # its token dies with it: nobody can bind it later and read requests
+                if bell is not None:
+                    bell.remove()
 
     def _round(self) -> float | None:
         """One look at every store; the interval until the next, or None to stop (no store has active runs)."""
@@ -250,7 +257,8 @@ class _CancelWatcher:
         with self._lock:
             self._stores.difference_update(s for s in finished if not s._has_active())
             if not self._stores:
-                self._thread = self._inbox = None  # under the lock watch() takes: a new run starts a new watcher
+                # under the lock watch() takes: a new run starts a new watcher
+                self._thread = self._inbox = self.bell = None
                 return None
             if self._inbox is None:
                 return min(store.watch_interval for store in self._stores)

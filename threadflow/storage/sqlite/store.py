@@ -18,7 +18,7 @@ from .._text import check_reason, clean_text
 from ..base import LocalRuns
 from ..errors import StoreError
 from ._connection import SharedConnection
-from ._layout import RunBuffer, decode_chunk
+from ._layout import RunBuffer, Tokens, decode_chunk
 from ._liveness import RunOwner, dead_owner_keys
 from ._nudges import Nudge
 from ._queue import QueueSide, cancel_unowned
@@ -30,6 +30,9 @@ from ._writer import Op, WriteQueue
 __all__ = ["SqliteStore"]
 
 logger = logging.getLogger("threadflow")
+
+#: Tokens between a streaming run's checkpoints (``SqliteStore._checkpoint``): about 50 µs of a flat-out stream.
+_CHECK_EVERY = 64
 
 
 class SqliteStore(QueueSide):
@@ -62,7 +65,8 @@ class SqliteStore(QueueSide):
     #: Events a run may hold in memory unwritten: a run that outruns the disk waits for the writer; one whose
     #: writes keep failing past this many stops being recorded (its end still is).
     max_buffered_events: int = 100_000
-    _WAKE_AT = 8192
+    #: Tokens one run may pile up before its thread wakes the writer ahead of ``flush_interval``.
+    _WAKE_AT = 32_768
 
     def __init__(
         self, path: str | os.PathLike[str], *, create: bool = True, timeout: float = 10.0, readonly: bool = False
@@ -130,20 +134,53 @@ class SqliteStore(QueueSide):
 
     def append(self, event: BaseEvent) -> None:
         """Buffer one event of an active run for the writer thread; never touches the disk."""
-        buffer = self._buffers.get(event.run_id)
+        fields = event.__dict__  # read as a dict: a model's attributes cost twice as much, per token
+        buffer = self._buffers.get(fields["run_id"])
         if buffer is None:
             return
         if type(event) is RunContentEvent:  # inlined: this is most of the events of a stream
-            tokens = buffer.tokens or buffer.open_tokens(event)
-            tokens.times.append(event.created_at)
+            tokens = buffer.tokens
+            if tokens is None or tokens.path is not fields["step_path"]:
+                tokens = buffer.open_tokens(event)
+            tokens.times.append(fields["created_at"])
             contents = tokens.contents
-            contents.append(event.content)
-            if len(contents) >= self._WAKE_AT:
-                self._writes.backpressure(buffer, tokens)
+            contents.append(fields["content"])
+            if len(contents) >= tokens.check_at:  # one compare per token; the rest every _CHECK_EVERY tokens
+                self._checkpoint(buffer, tokens)
         else:
             buffer.add_line(event)
             if type(event) is StepCompletedEvent and event.run_id in self._queued and not _is_json(event.content):
                 self._mark_unresumable(buffer, event.step_name)
+            self._look_for_cancels()
+
+    def _checkpoint(self, buffer: RunBuffer, tokens: Tokens) -> None:
+        """A streaming run's thread looks up: wakes the writer once its tokens pile up, answers cancel requests.
+
+        Every ``_CHECK_EVERY`` tokens, not on each one: the writer is woken by
+        size only past ``_WAKE_AT`` tokens (else by its timer), once per
+        checkpoint, and the doorbell costs one read of shared memory.
+        """
+        buffered = len(tokens.contents)
+        tokens.check_at = buffered + _CHECK_EVERY
+        if buffered >= self._WAKE_AT or buffered >= self.max_buffered_events:
+            self._writes.backpressure(buffer, tokens)
+        self._look_for_cancels()
+
+    def _look_for_cancels(self) -> None:
+        """Answer other processes' cancel requests from the run's own thread, if the doorbell rang (see ``_bell.py``).
+
+        A run streaming flat out holds the GIL; the watcher thread would wait a
+        switch interval for it at each step of its answer. Here the answer
+        costs none: the request is read, the run cancelled (exactly as the
+        watcher would, ``on_cancel`` callbacks elsewhere) and the answer
+        written, before the run's next event.
+        """
+        bell = WATCHER.bell
+        if bell is not None and bell.rung():
+            try:
+                self._answer_pending()
+            except Exception:  # never the run's problem: the watcher's nudge and poll still answer
+                logger.exception("threadflow: looking for cancel requests in %s failed", self.path)
 
     def run_ended(self, info: RunInfo) -> None:
         """Write the final record; on return it and every event before it are committed.
