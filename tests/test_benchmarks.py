@@ -15,10 +15,11 @@ EXPECTED = {
     "bench_compose.py": ["bare threads", "threadflow Parallel", "p99", "events per second"],
     "bench_core.py": ["baseline A", "baseline B", "bare loop", "p99", "registry 0"],
     "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],
+    "bench_queued.py": ["pending cf futures (floor)", "queued threadflow runs", "threadflow.shutdown()", "so: yes"],
     "bench_store.py": ["MemoryStore", "SqliteStore", "rounds", "p99"],
     "bench_http.py": ["in-process", "p99", "events per second"],
     "bench_http_disconnect.py": ["concurrent streams", "p99", "completed after their client left: 0 of 20"],
-    "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event"],
+    "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event", "plain run() with metrics on"],
     "bench_postgres.py": ["bare NOTIFY", "bare SKIP LOCKED", "claims/s", "cross-host cancel", "resume after SIGKILL"],
     "bench_models.py": ["mid-stream", "waiting for headers", "p99", "response.close()", "21/21 connections closed"],
 }

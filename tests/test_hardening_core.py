@@ -359,6 +359,7 @@ def _registration_and_ending_code() -> set[Any]:
     return {
         Workflow.run.__code__,
         Workflow._new_runner.__code__,
+        Workflow._register.__code__,
         Runner._finish.__code__,
         Registry.add.__code__,
         Registry.finish.__code__,

@@ -16,16 +16,17 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
+from ._fastevents import make_event
 from ._registry import REGISTRY, RunState
 from .context import cancellation_error
-from .events import RunCancelledEvent, WorkflowStartedEvent
+from .events import BaseEvent, RunCancelledEvent, WorkflowCancelledEvent, WorkflowStartedEvent
 from .exceptions import CancellationError
 from .status import CancelCause, RunStatus
 
 if TYPE_CHECKING:
     from ._runner import Runner
 
-__all__ = ["SWALLOW_LIMIT", "abandon", "crash", "throw_cancel"]
+__all__ = ["SWALLOW_LIMIT", "abandon", "crash", "throw_cancel", "unstarted_events"]
 
 logger = logging.getLogger("threadflow")
 
@@ -94,7 +95,7 @@ def _record_abandoned(runner: Runner, in_stream: bool) -> None:
         unsent.append(runner.emit(RunCancelledEvent, reason=state.reason, cause=state.effective_cause, **run_fields))
     if state.started_at is None:  # never iterated: the log still starts with workflow_started
         state.started_at = time.time()
-        unsent.append(runner.emit(WorkflowStartedEvent))
+        unsent.append(runner.emit_started())
     unsent.append(runner._finish(RunStatus.cancelled))
 
 
@@ -114,3 +115,17 @@ def _drain(runner: Runner, gen: Generator[Any, None, Any]) -> None:
         except Exception:
             logger.debug("threadflow: step raised while cleaning up an abandoned run", exc_info=True)
             return
+
+
+def unstarted_events(state: RunState) -> list[BaseEvent]:
+    """The events of a run cancelled before it started, once it has ended: what ``abandon`` records for it.
+
+    ``workflow_started`` (seq 1, at ``started_at``) and ``workflow_cancelled``
+    (seq 2, at ``ended_at``), field for field as the runner emits them; made
+    from the ended run's record, for a run whose events nobody had asked for yet.
+    """
+    base = {"run_id": state.run_id, "workflow_id": state.workflow_id, "workflow_name": state.workflow_name}
+    started = make_event(WorkflowStartedEvent, {**base, "seq": 1, "created_at": state.started_at})
+    ended = {"reason": state.reason, "cause": state.effective_cause, "step_name": state.step_name}
+    cancelled = make_event(WorkflowCancelledEvent, {**ended, **base, "seq": 2, "created_at": state.ended_at})
+    return [started, cancelled]

@@ -18,14 +18,17 @@ import atexit
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 
+from . import _observe
+from ._abandon import unstarted_events
 from ._gcdefer import drain
 from ._registry import REGISTRY
 from ._runner import Runner
 from ._validate import check_seconds
 from .handles import RunHandle
-from .status import CancelCause
+from .status import CancelCause, RunStatus
 
 __all__ = ["WORKER_THREAD_PREFIX", "WorkerPool", "active_handles", "shutdown"]
 
@@ -39,25 +42,36 @@ _active: dict[str, RunHandle] = {}
 
 
 class WorkerPool:
-    """Runs handles' runners on at most ``max_workers`` threads at once."""
+    """Runs handles' runners on at most ``max_workers`` threads at once.
+
+    A queued run leaves the queue in O(1) whichever way it goes: the thread
+    that clears its ``_queued`` flag (under the pool's lock) owns it — a
+    worker runs it, a cancelling thread records it. A cancelled run's slot in
+    the deque is skipped when it reaches the front, and the deque is
+    compacted once the skipped slots outnumber the queued runs.
+    """
 
     def __init__(self, max_workers: int, name: str) -> None:
         self.max_workers = max_workers
         self.name = name
         self._lock = threading.Lock()
         self._queue: deque[RunHandle] = deque()
+        self._queued = 0  # handles in _queue whose _queued flag is set
         self._workers = 0
+        _POOLS.add(self)
 
     def submit(self, handle: RunHandle) -> None:
         with _handles_lock:
             _active[handle.run_id] = handle
         with self._lock:
+            handle._queued = True
             self._queue.append(handle)
+            self._queued += 1
             start = self._workers < self.max_workers
             if start:
                 self._workers += 1
         # Registered after queueing: a cancel accepted before this line calls it at once.
-        REGISTRY.add_callback(handle._state, lambda: self._cancel_queued(handle))
+        REGISTRY.add_callback(handle._state, _Unqueue(self, handle))
         if start:
             self._start_worker()
 
@@ -73,33 +87,58 @@ class WorkerPool:
         except RuntimeError:  # the process is at its thread limit
             with self._lock:
                 self._workers -= 1
-                orphans = list(self._queue) if self._workers == 0 else []
+                orphans = [h for h in self._queue if h._queued] if self._workers == 0 else []
             for handle in orphans:
                 REGISTRY.cancel(handle._state, "no thread could be started to run it", CancelCause.shutdown)
             raise
 
-    def _cancel_queued(self, handle: RunHandle) -> None:
+    def _take(self, handle: RunHandle) -> bool:
+        """Take ``handle`` out of the queue; False if it was not queued (a worker has it, or it ended)."""
         with self._lock:
-            try:
-                self._queue.remove(handle)
-            except ValueError:
-                return  # a worker has it already: it sees the cancel at its first checkpoint
-        _record_unstarted(handle)
+            if not handle._queued:
+                return False
+            handle._queued = False
+            self._queued -= 1
+            if len(self._queue) > 64 and len(self._queue) > 2 * self._queued:
+                self._queue = deque(h for h in self._queue if h._queued)
+            return True
+
+    def take_all(self) -> list[RunHandle]:
+        """Empty the queue at once; the caller owns (and must end) every run returned."""
+        with self._lock:
+            taken = [h for h in self._queue if h._queued]
+            for handle in taken:
+                handle._queued = False
+            self._queue.clear()
+            self._queued = 0
+        return taken
+
+    def _cancel_queued(self, handle: RunHandle) -> None:
+        if self._take(handle):
+            _record_unstarted(handle)
+        # else a worker has it already: it sees the cancel at its first checkpoint
+
+    def _next(self) -> RunHandle | None:
+        with self._lock:
+            queue = self._queue
+            while queue:
+                handle = queue.popleft()
+                if handle._queued:
+                    handle._queued = False
+                    self._queued -= 1
+                    return handle
+            return None
 
     def _work(self) -> None:
         try:
-            while True:
-                with self._lock:
-                    if not self._queue:
-                        return
-                    handle = self._queue.popleft()
+            while (handle := self._next()) is not None:
                 _execute(handle)
         finally:
             # However this thread ends, its slot is given back (under the lock
             # that also decides whether a new worker is needed).
             with self._lock:
                 self._workers -= 1
-                restart = bool(self._queue) and self._workers < self.max_workers
+                restart = self._queued > 0 and self._workers < self.max_workers
                 if restart:
                     self._workers += 1
             if restart:
@@ -107,11 +146,27 @@ class WorkerPool:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return self._queued
+
+
+class _Unqueue:
+    """The cancel callback of a queued run: no closure, so it costs a queued run 48 bytes."""
+
+    __slots__ = ("handle", "pool")
+
+    def __init__(self, pool: WorkerPool, handle: RunHandle) -> None:
+        self.pool = pool
+        self.handle = handle
+
+    def __call__(self) -> None:
+        self.pool._cancel_queued(self.handle)
+
+
+_POOLS: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 
 
 def _execute(handle: RunHandle) -> None:
-    runner: Runner = handle._runner
+    runner: Runner = handle._materialize()
     try:
         for _ in runner.events():
             pass
@@ -123,10 +178,40 @@ def _execute(handle: RunHandle) -> None:
 
 
 def _record_unstarted(handle: RunHandle) -> None:
+    """Record a queued run whose cancel was accepted: ``workflow_started`` + ``workflow_cancelled``, then done."""
     try:
-        handle._runner.abandon()  # records workflow_started + workflow_cancelled, with the cause asked for
+        if _heard(handle):
+            handle._materialize().abandon()
+        else:
+            _end_unheard(handle)
     finally:
         _done(handle)
+
+
+def _heard(handle: RunHandle) -> bool:
+    """Whether a queued run's events are heard as they are made: a runner, a store, telemetry, the debug log."""
+    source, store = handle._source, handle._state.store
+    return source is None or source.debug_mode or _observe.watches_events() or store is None or store.records_events
+
+
+def _end_unheard(handle: RunHandle) -> None:
+    """``abandon()`` of a run nobody hears yet, without making its runner: its events are made when asked for."""
+    state = handle._state
+    try:
+        state.started_at = time.time()
+        REGISTRY.finish(state, RunStatus.cancelled)  # the cancel was accepted: it ends cancelled
+        log = handle._end_unheard()
+        if log is not None:  # a follower is waiting for them
+            for event in unstarted_events(state):
+                log.append(event)
+        ends = _observe.run_ends()
+        if ends is not None:  # metrics count it as the runner would have: started, then ended
+            ends.started(state.workflow_id)
+            ends.ended(state.run_id, state.workflow_id, RunStatus.cancelled, state.effective_cause)
+        if state.store is not None:
+            state.store.run_ended(state.info())
+    finally:
+        REGISTRY.remove(state)
 
 
 def _done(handle: RunHandle) -> None:
@@ -151,9 +236,13 @@ def shutdown(timeout: float | None = 10.0) -> bool:
     """
     check_seconds("timeout", timeout, optional=True)
     drain()
+    # Queued runs first, every queue emptied at once: no worker starts one of them meanwhile.
+    for pool in list(_POOLS):
+        for handle in pool.take_all():
+            _cancel_unstarted(handle)
     handles = active_handles()
     for handle in handles:
-        REGISTRY.cancel(handle._state, "threadflow is shutting down", CancelCause.shutdown)
+        REGISTRY.cancel(handle._state, _SHUTDOWN, CancelCause.shutdown)
     deadline = None if timeout is None else time.monotonic() + timeout
     ended = True
     for handle in handles:
@@ -161,5 +250,18 @@ def shutdown(timeout: float | None = 10.0) -> bool:
         ended = handle.wait(left) and ended
     return ended
 
+
+def _cancel_unstarted(handle: RunHandle) -> None:
+    """End a run taken out of its queue: cancelled (``shutdown``) and recorded, having never started."""
+    try:
+        # Its one callback is its _Unqueue (no step of it ran), a no-op now that it is taken: dropped,
+        # the cancel has no callbacks to run (nor an Event to make for concurrent cancellers to wait on).
+        REGISTRY.clear_callbacks(handle._state)
+        REGISTRY.cancel(handle._state, _SHUTDOWN, CancelCause.shutdown)
+    finally:
+        _record_unstarted(handle)
+
+
+_SHUTDOWN = "threadflow is shutting down"
 
 atexit.register(shutdown)

@@ -2,7 +2,9 @@
 
 While none is installed (the default) the core pays one attribute read per
 run and per accepted cancel, nothing per event: the runner only adds the
-observer's per-run sink to its sinks when there is one.
+observer's per-run sink to its sinks when there is one. An observer that
+needs only each run's start and end (metrics) asks for them with ``ends``,
+and a run nobody else listens to stays quiet: it builds no event at all.
 """
 
 from __future__ import annotations
@@ -12,9 +14,19 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from .events import BaseEvent
-from .status import CancelCause
+from .status import CancelCause, RunStatus
 
-__all__ = ["OBSERVER", "Observer", "StepScopes", "cancel_requested", "set_observer", "traceparent"]
+__all__ = [
+    "OBSERVER",
+    "Observer",
+    "RunEnds",
+    "StepScopes",
+    "cancel_requested",
+    "run_ends",
+    "set_observer",
+    "traceparent",
+    "watches_events",
+]
 
 logger = logging.getLogger("threadflow")
 
@@ -35,6 +47,18 @@ class StepScopes(Protocol):
         ...
 
 
+class RunEnds(Protocol):
+    """Told when each run starts and ends, in the run's thread: at its ``workflow_started`` and terminal event."""
+
+    def started(self, workflow_id: str) -> None:
+        """A run emitted ``workflow_started`` (a resumed run that logged it before does not)."""
+        ...
+
+    def ended(self, run_id: str, workflow_id: str, status: RunStatus, cause: CancelCause | None) -> None:
+        """A run ended ``status`` (``cause``: a cancelled run's), right after its terminal event was emitted."""
+        ...
+
+
 class Observer(Protocol):
     def traceparent(self) -> str | None:
         """The W3C traceparent of the span current in this thread (None: no span, or not tracing)."""
@@ -52,6 +76,14 @@ class Observer(Protocol):
         """The run's step spans, for step code to run inside (None: not tracing)."""
         ...
 
+    def ends(self) -> RunEnds | None:
+        """What hears of every run's start and end, and nothing else (None: not interested). Optional.
+
+        Unlike ``watch``'s sink it leaves a run nobody else hears quiet: no
+        event is built for it (metrics count runs so).
+        """
+        ...
+
     def cancel_requested(self, run_id: str, cause: CancelCause, reason: str | None) -> None:
         """A cancel of an active run was accepted (the first one; later requests are not reported)."""
         ...
@@ -64,6 +96,22 @@ OBSERVER: Observer | None = None
 def set_observer(observer: Observer | None) -> None:
     global OBSERVER
     OBSERVER = observer
+
+
+def watches_events() -> bool:
+    """True if the observer may want a new run's events as they are made (not only its start and end).
+
+    Then the run's ``watch`` must be taken in the thread that creates the run.
+    An observer that says nothing of it (no ``watches_events``) is assumed to.
+    """
+    observer = OBSERVER
+    return observer is not None and bool(getattr(observer, "watches_events", True))
+
+
+def run_ends() -> RunEnds | None:
+    """What hears of each run's start and end: the observer's optional ``ends``, or None."""
+    ends = getattr(OBSERVER, "ends", None)
+    return ends() if ends is not None else None
 
 
 def traceparent() -> str | None:

@@ -99,7 +99,8 @@ class RunState:
         # raise as for a cancel, but the run ends ``error`` unless a real cancel arrives meanwhile.
         self.failing = False
         self.callbacks: list[Callable[[], object]] | None = []
-        # [set when they have run, the thread running them] while a cancel runs the callbacks
+        # [the Event set when they have run (made by the first cancel that waits for them), the thread
+        # running them] while a cancel runs the callbacks
         self.callbacks_running: list[Any] | None = None
         self.background = background
         self.timeout = timeout  # run_timeout, in seconds
@@ -259,6 +260,8 @@ class Registry:
                 running = state.callbacks_running  # not None: another thread runs them; wait below
                 if running is None or running[1] == me or callbacks_elsewhere:
                     running = None
+                elif running[0] is None:  # the first cancel to wait for them makes the Event
+                    running[0] = threading.Event()
             else:
                 state.cancel_requested = new = True
                 state.cause = cause
@@ -269,7 +272,7 @@ class Registry:
                     state._cancel_event.set()
                 if callbacks:
                     # The thread that runs the callbacks is named once it runs them (see _run_callbacks).
-                    state.callbacks_running = [threading.Event(), None if callbacks_elsewhere else me]
+                    state.callbacks_running = [None, None if callbacks_elsewhere else me]
                 running = None
         if new:
             _observe.cancel_requested(state.run_id, cause, reason)
@@ -310,7 +313,7 @@ class Registry:
             if state._cancel_event is not None:
                 state._cancel_event.set()
             if callbacks:
-                state.callbacks_running = [threading.Event(), threading.get_ident()]
+                state.callbacks_running = [None, threading.get_ident()]
         if callbacks:
             _run_callbacks(state, callbacks)
         return True
@@ -396,9 +399,11 @@ def _run_callbacks(state: RunState, callbacks: Sequence[Callable[[], object]]) -
     try:
         _call_all(callbacks)
     finally:
-        state.callbacks_running = None
-        if running is not None:
-            running[0].set()
+        with REGISTRY.lock:  # where a cancel that waits for them makes its Event: most cancels make none
+            state.callbacks_running = None
+            done = running[0] if running is not None else None
+        if done is not None:
+            done.set()
 
 
 def _run_detached(state: RunState, callbacks: Sequence[Callable[[], object]]) -> bool:

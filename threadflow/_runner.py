@@ -72,9 +72,12 @@ class Runner(Lane):
         self.store = store
         observer = _observe.OBSERVER
         watch = None
+        #: Told of the run's start and end only, even in a muted run (metrics).
+        self.ends: _observe.RunEnds | None = None
         if observer is not None:  # state.traceparent is set here only for a run created elsewhere
             watch = observer.watch(state.run_id, state.workflow_id, state.traceparent)
             self.spans = observer.steps(state.run_id)
+            self.ends = _observe.run_ends()
         recorder = store.append if store is not None and store.records_events else None
         self.sink = sink if recorder is None and watch is None else _fan_out([s for s in (recorder, sink, watch) if s])
         self.failure: StepFailed | None = None
@@ -110,7 +113,8 @@ class Runner(Lane):
         Events are still numbered (``seq`` advances as if they were made);
         ``emit`` returns ``UNHEARD`` and the output is built as always. A
         store that records events, a sink (a handle's log, ``debug_mode``) or
-        a telemetry observer's watch each make the run heard. Before ``events()``.
+        a telemetry observer's watch each make the run heard; its ``ends``
+        hears of the run's start and end without any event. Before ``events()``.
         """
         self.quiet = self.sink is None
 
@@ -137,10 +141,10 @@ class Runner(Lane):
             self._begin()
             quiet = self.quiet  # nobody listens: number the events, don't even hand them over
             if quiet:
-                self.seq += 1
+                self.emit_started()
             else:
                 if self._resumed is None or not self.seq:  # resumed with nothing logged: the log still starts so
-                    yield self.emit(WorkflowStartedEvent)
+                    yield self.emit_started()
                 if self._resumed is not None:
                     yield self.emit(WorkflowResumedEvent, **self._resumed)
             for index, step in enumerate(self.steps):
@@ -200,12 +204,22 @@ class Runner(Lane):
                 state.error, state.error_type = safe_str(error), type(error).__name__
             self.output = self._output(final)
             terminal = self._emit_terminal(final)
+            if self.ends is not None:
+                cause = state.effective_cause if final is RunStatus.cancelled else None
+                self.ends.ended(state.run_id, state.workflow_id, final, cause)
             if self.store is not None:
                 self.store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
             self.close_aio()
         return terminal
+
+    def emit_started(self) -> BaseEvent:
+        """``emit`` the ``workflow_started`` event; ``ends`` hears of it even in a muted run."""
+        event = self.emit(WorkflowStartedEvent)
+        if self.ends is not None:
+            self.ends.started(self.state.workflow_id)
+        return event
 
     def _emit_terminal(self, final: RunStatus) -> BaseEvent:
         state = self.state

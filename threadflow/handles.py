@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, 
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._abandon import unstarted_events
 from ._asyncbridge import follow, until_done
 from ._gcdefer import finish_soon
 from ._registry import REGISTRY, RunState
@@ -24,10 +25,14 @@ from .status import CancelCause, RunInfo, RunStatus
 
 if TYPE_CHECKING:
     from ._runner import Runner
+    from .workflow import Workflow
 
 __all__ = ["AsyncRunStream", "RunHandle", "RunStream"]
 
 logger = logging.getLogger("threadflow")
+
+# Makes a RunHandle's runner, log or waiter on first use and guards its end (once per run, briefly).
+_LAZY = threading.Lock()
 
 
 class RunStream:
@@ -159,43 +164,118 @@ class RunHandle:
       accepted by ``concurrent.futures.wait()`` / ``as_completed()``.
     """
 
-    __slots__ = ("_callbacks", "_done", "_lock", "_log", "_runner")
+    # A queued run holds only its state and what it needs to start: its runner, its event log
+    # and the Event that wait() blocks on are made on first use (``_materialize``, ``_log_now``,
+    # ``_waiter_now``), so 10^4 pending runs cost little memory.
+    __slots__ = (
+        "_callbacks",
+        "_ended",
+        "_input",
+        "_log",
+        "_unheard_output",
+        "_queued",
+        "_runner",
+        "_source",
+        "_state",
+        "_waiter",
+    )
 
-    def __init__(self, runner: Runner, log: EventLog) -> None:
-        self._runner = runner
-        self._log = log
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[RunHandle], object]] = []
+    def __init__(self, state: RunState, source: Workflow, run_input: Any) -> None:
+        self._state = state
+        self._source: Workflow | None = source  # builds the runner; dropped once it has
+        self._input = run_input
+        self._runner: Runner | None = None
+        self._log: EventLog | None = None
+        self._ended = False  # changes only under _LAZY
+        self._unheard_output: WorkflowRunOutput | None = None  # of a run ended by _end_unheard, made when asked for
+        self._waiter: threading.Event | None = None
+        self._callbacks: list[Callable[[RunHandle], object]] | None = None
+        #: True while the run waits in a WorkerPool's queue (owned by the pool, under its lock).
+        self._queued = False
+
+    def _materialize(self) -> Runner:
+        """The run's runner, made (with its event log as sink) the first time anyone needs it."""
+        runner = self._runner
+        if runner is not None:
+            return runner
+        with _LAZY:
+            if self._runner is None:
+                assert self._source is not None
+                log = self._log_locked()
+                self._runner = self._source._runner_for(self._state, self._input, log.append)
+                self._source = self._input = None
+            return self._runner
+
+    def _log_now(self) -> EventLog:
+        log = self._log
+        if log is not None:
+            return log
+        with _LAZY:
+            return self._log_locked()
+
+    def _log_locked(self) -> EventLog:
+        if self._log is None:
+            self._log = EventLog()
+            if self._unheard:  # ended by _end_unheard before anyone asked for its events
+                for event in unstarted_events(self._state):
+                    self._log.append(event)
+        return self._log
+
+    @property
+    def _unheard(self) -> bool:
+        """True once ``_end_unheard`` took the run over: it has no runner, and never will."""
+        return self._runner is None and self._source is None
+
+    def _end_unheard(self) -> EventLog | None:
+        """The queued run was cancelled and has ended (``Registry.finish``) without a runner.
+
+        Its events are made only when someone asks for them (``_log_locked``);
+        the log a follower already made is returned, for the caller to fill.
+        """
+        with _LAZY:
+            self._source = self._input = None
+            return self._log
+
+    def _waiter_now(self) -> threading.Event:
+        with _LAZY:
+            if self._waiter is None:
+                self._waiter = threading.Event()
+                if self._ended:
+                    self._waiter.set()
+            return self._waiter
 
     @property
     def run_id(self) -> str:
-        return self._runner.state.run_id
+        return self._state.run_id
 
     @property
     def workflow_id(self) -> str:
-        return self._runner.state.workflow_id
+        return self._state.workflow_id
 
     @property
     def status(self) -> RunStatus:
-        return self._runner.state.status
-
-    @property
-    def _state(self) -> RunState:
-        return self._runner.state
+        return self._state.status
 
     @property
     def output(self) -> WorkflowRunOutput | None:
-        return self._runner.output
+        runner = self._runner
+        if runner is not None:
+            return runner.output
+        if not self._ended:
+            return None
+        with _LAZY:  # ended by _end_unheard: cancelled before it started
+            if self._unheard_output is None:
+                self._unheard_output = WorkflowRunOutput.of(self._state, RunStatus.cancelled, None, {})
+            return self._unheard_output
 
     def info(self) -> RunInfo:
         """A snapshot of the run's record (as ``get_run()`` answers it), live while it is active."""
-        return self._runner.state.info()
+        return self._state.info()
 
     def cancel(self, reason: str | None = None) -> bool:
         """Request the cancel; True iff the run was still active (it will end ``cancelled``)."""
         check_reason(reason)
-        return REGISTRY.cancel(self._runner.state, reason, CancelCause.requested)
+        return REGISTRY.cancel(self._state, reason, CancelCause.requested)
 
     def close(self) -> bool:
         """The consumer of this run's events has left: cancel with cause ``stream_closed``.
@@ -203,34 +283,39 @@ class RunHandle:
         True iff the run was still active (it will end ``cancelled``); a no-op
         returning False once it has ended. Like ``cancel()``, never waits for the run's code.
         """
-        return REGISTRY.cancel(self._runner.state, None, CancelCause.stream_closed)
+        return REGISTRY.cancel(self._state, None, CancelCause.stream_closed)
 
     def done(self) -> bool:
         """True once the run has ended and its output is set."""
-        return self._done.is_set()
+        return self._ended
 
     def running(self) -> bool:
         """True while the run has started and not ended (``running``, ``waiting`` or ``cancelling``)."""
-        state = self._runner.state
-        return state.started_at is not None and not self._done.is_set() and not state.status.is_terminal
+        state = self._state
+        return state.started_at is not None and not self._ended and not state.status.is_terminal
 
     def cancelled(self) -> bool:
         """True iff the run has ended ``cancelled``."""
-        output = self._runner.output
-        return self._done.is_set() and output is not None and output.status is RunStatus.cancelled
+        output = self.output
+        return self._ended and output is not None and output.status is RunStatus.cancelled
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the run has ended (True) or ``timeout`` seconds pass (False)."""
-        return self._done.wait(timeout)
+        return self._ended or self._waiter_now().wait(timeout)
 
     def result(self, timeout: float | None = None) -> WorkflowRunOutput:
         """The run's output, as ``run()`` returns it: raises ``WorkflowError`` if a step failed.
 
         Raises ``TimeoutError`` if the run has not ended within ``timeout`` seconds.
         """
-        if not self._done.wait(timeout):
+        if not self.wait(timeout):
             raise TimeoutError(f"run {self.run_id} has not ended after {timeout}s")
-        return self._runner.result_or_raise()
+        runner = self._runner
+        if runner is None:  # ended by _end_unheard: cancelled, never started
+            output = self.output
+            assert output is not None
+            return output
+        return runner.result_or_raise()
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The exception of the step that failed the run (status ``error``); None for a completed or cancelled run.
@@ -239,10 +324,13 @@ class RunHandle:
         ``__cause__``. Raises ``TimeoutError`` if the run has not ended within
         ``timeout`` seconds.
         """
-        if not self._done.wait(timeout):
+        if not self.wait(timeout):
             raise TimeoutError(f"run {self.run_id} has not ended after {timeout}s")
-        failure = self._runner.failure
-        output = self._runner.output
+        runner = self._runner
+        if runner is None:  # ended by _end_unheard: cancelled, never started
+            return None
+        failure = runner.failure
+        output = runner.output
         if output is None or output.status is not RunStatus.error or failure is None:
             return None
         return failure.error
@@ -256,8 +344,8 @@ class RunHandle:
         return self._follow(check_count("after_seq", after_seq))
 
     def _follow(self, after_seq: int) -> Iterator[Event]:
-        yield from self._log.follow(after_seq)
-        self._done.wait()
+        yield from self._log_now().follow(after_seq)
+        self.wait()
 
     def aevents(self, after_seq: int = 0) -> AsyncGenerator[Event, None]:
         """``events()`` for asyncio: ``async for ev in handle.aevents()`` never blocks the event loop.
@@ -265,7 +353,7 @@ class RunHandle:
         Replays the events after ``after_seq``, then follows live ones through
         the terminal event. ``ValueError`` (at once) for a bad ``after_seq``.
         """
-        return follow(self._log, check_count("after_seq", after_seq))
+        return follow(self._log_now(), check_count("after_seq", after_seq))
 
     def add_done_callback(self, fn: Callable[[RunHandle], object]) -> None:
         """Call ``fn(handle)`` once, when the run has ended.
@@ -274,17 +362,21 @@ class RunHandle:
         thread if it has already ended. An ``Exception`` it raises is logged
         (logger ``threadflow``), never raised into the caller or the worker.
         """
-        with self._lock:
-            if not self._done.is_set():
+        with _LAZY:
+            if not self._ended:
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(fn)
                 return
         self._call(fn)
 
     def _set_done(self) -> None:
-        with self._lock:
-            self._done.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
+        with _LAZY:
+            self._ended = True
+            waiter, callbacks, self._callbacks = self._waiter, self._callbacks, None
+        if waiter is not None:
+            waiter.set()
+        for fn in callbacks or ():
             self._call(fn)
 
     def _call(self, fn: Callable[[RunHandle], object]) -> None:
@@ -351,6 +443,6 @@ class AsyncRunStream:
 
 def _abandon_unstarted(handle: RunHandle) -> None:
     try:
-        handle._runner.abandon()
+        handle._materialize().abandon()
     finally:
         handle._set_done()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _observe
 from .control import active_runs
-from .events import BaseEvent, WorkflowRunEvent
+from .events import BaseEvent
 from .status import CancelCause, RunStatus
 
 if TYPE_CHECKING:
@@ -52,20 +52,22 @@ class _Observers:
     def parts(self) -> list[Any]:
         return [part for part in (self.tracer, self.metrics) if part is not None]
 
+    @property
+    def watches_events(self) -> bool:
+        """Only the traces need a run's events; the metrics count its start and end (``ends``)."""
+        return self.tracer is not None
+
     def traceparent(self) -> str | None:
         tracer = self.tracer
         return None if tracer is None else tracer.traceparent()
 
     def watch(self, run_id: str, workflow_id: str, traceparent: str | None = None) -> EventSink | None:
-        sinks = [sink for part in self.parts() if (sink := part.watch(run_id, workflow_id, traceparent)) is not None]
-        if len(sinks) <= 1:
-            return sinks[0] if sinks else None
+        tracer = self.tracer
+        return None if tracer is None else tracer.watch(run_id, workflow_id, traceparent)
 
-        def both(event: BaseEvent) -> None:
-            for sink in sinks:
-                sink(event)
-
-        return both
+    def ends(self) -> _Metrics | None:
+        """The metrics count runs from their start and end alone: a run nobody else hears stays quiet."""
+        return self.metrics
 
     def steps(self, run_id: str) -> _RunSpans | None:
         tracer = self.tracer
@@ -93,9 +95,9 @@ class _Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
-        self.started = Counter("threadflow_runs_started", "Runs started", ["workflow"], registry=self.registry)
+        self.started_total = Counter("threadflow_runs_started", "Runs started", ["workflow"], registry=self.registry)
         labels = ["workflow", "status", "cause"]
-        self.ended = Counter("threadflow_runs_ended", "Runs ended", labels, registry=self.registry)
+        self.ended_total = Counter("threadflow_runs_ended", "Runs ended", labels, registry=self.registry)
         self.cancel_latency = Histogram(
             "threadflow_cancel_latency_seconds",
             "From an accepted cancel to the run's terminal event",
@@ -105,21 +107,24 @@ class _Metrics:
         self.streamed = Counter("threadflow_events_streamed", "Events sent as SSE", registry=self.registry)
         self.registry.register(_LiveRuns())
         self._cancels: dict[str, float] = {}  # run id → when its cancel was accepted (monotonic)
+        # The counters' children by label values, looked up once (``labels()`` costs a lock and a tuple).
+        self._started: dict[str, Any] = {}
+        self._ends: dict[tuple[str, RunStatus, CancelCause | None], Any] = {}
 
-    def watch(self, run_id: str, workflow_id: str, traceparent: str | None) -> EventSink:
-        def sink(event: BaseEvent) -> None:
-            if event.terminal:
-                self._ended(event)
-            elif event.event is WorkflowRunEvent.workflow_started or event.event == "workflow_started":
-                self.started.labels(workflow_id).inc()
+    def started(self, workflow_id: str) -> None:
+        counter = self._started.get(workflow_id)
+        if counter is None:
+            counter = self._started[workflow_id] = self.started_total.labels(workflow_id)
+        counter.inc()
 
-        return sink
-
-    def _ended(self, event: BaseEvent) -> None:
-        cause = getattr(event, "cause", None)
-        status = getattr(event, "status", "")
-        self.ended.labels(event.workflow_id, str(status), str(cause) if cause is not None else "").inc()
-        accepted = self._cancels.pop(event.run_id, None)
+    def ended(self, run_id: str, workflow_id: str, status: RunStatus, cause: CancelCause | None) -> None:
+        key = (workflow_id, status, cause)
+        counter = self._ends.get(key)
+        if counter is None:
+            labels = (workflow_id, str(status), str(cause) if cause is not None else "")
+            counter = self._ends[key] = self.ended_total.labels(*labels)
+        counter.inc()
+        accepted = self._cancels.pop(run_id, None)
         if accepted is not None:
             self.cancel_latency.observe(time.monotonic() - accepted)
 

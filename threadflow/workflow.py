@@ -16,7 +16,6 @@ from ._gcdefer import drain
 from ._printable import safe_repr
 from ._queue import enqueue
 from ._registry import LOCAL_RUNS, REGISTRY, RunState, new_run_id
-from ._runlog import EventLog
 from ._runner import Runner
 from ._validate import check_count, check_id, check_reason, check_seconds
 from .compose import WorkflowStep
@@ -206,6 +205,11 @@ class Workflow:
         # The runner exists before the run is registered: should an interrupt lose it on the way to
         # the caller, dropping it finishes the run (Runner.__del__), so no window leaks an entry.
         runner = Runner(self.steps, state, run_input, store=store, sink=sink)
+        self._register(state, create=create, store=store)
+        return runner
+
+    def _register(self, state: RunState, *, create: bool, store: RunStore) -> None:
+        """Add the run to the registry and, when it is new, record it in ``store``."""
         if create:  # kept in the record, for whoever resumes it
             state.traceparent = _observe.traceparent()
         try:
@@ -216,13 +220,30 @@ class Workflow:
         except BaseException:
             REGISTRY.remove(state)
             raise
-        return runner
 
     def _background_handle(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
-        """A registered (pending) background run, not yet handed to a worker."""
-        log = EventLog()
-        runner = self._new_runner(run_input, run_id, run_timeout, background=True, sink=log.append)
-        return RunHandle(runner, log)
+        """A registered (pending) background run, not yet handed to a worker.
+
+        Its runner is made when the run starts (or is cancelled while queued):
+        a queued run holds only its state, its input and its handle. While
+        telemetry traces runs it is made at once, so that the observer
+        watches the run from the thread that created it, as for any other run.
+        """
+        drain()
+        run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
+        timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
+        state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=True)
+        handle = RunHandle(state, self, run_input)
+        if _observe.watches_events():
+            handle._materialize()
+        self._register(state, create=True, store=self.store)
+        return handle
+
+    def _runner_for(self, state: RunState, run_input: Any, sink: Any) -> Runner:
+        """The runner of a background run registered by ``_background_handle``."""
+        if self.debug_mode:
+            sink = _debug_sink(sink)
+        return Runner(self.steps, state, run_input, store=state.store, sink=sink)
 
     def _start_background(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
         handle = self._background_handle(run_input, run_id, run_timeout)
