@@ -193,6 +193,17 @@ class RunHandle:
         #: True while the run waits in a WorkerPool's queue (owned by the pool, under its lock).
         self._queued = False
 
+    def __del__(self) -> None:
+        # The runner's own safety net (Runner.__del__) does not exist yet for a run still queued: a
+        # handle dropped before it reached its pool (an interrupt between registering the run and
+        # submitting it) would leave a pending run nobody starts. Finish it, at a safe point.
+        try:
+            state, unstarted = self._state, self._runner is None and self._source is not None
+        except AttributeError:  # __init__ was interrupted: the run was never registered
+            return
+        if unstarted and not state.status.is_terminal and REGISTRY.get(state.run_id) is state:
+            finish_soon(functools.partial(_abandon_unstarted, self))
+
     def _materialize(self) -> Runner:
         """The run's runner, made (with its event log as sink) the first time anyone needs it."""
         runner = self._runner
