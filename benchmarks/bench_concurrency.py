@@ -216,8 +216,10 @@ def bare_cancel(trials: int) -> list[float]:
                 q.put("x")
             q.put("cancelled")
 
-        def consumer(q: queue.SimpleQueue[object] = q, first: threading.Event = first, held: list[float] = held) -> None:
-            while (item := q.get()) != "cancelled":
+        def consumer(
+            q: queue.SimpleQueue[object] = q, first: threading.Event = first, held: list[float] = held
+        ) -> None:
+            while q.get() != "cancelled":
                 first.set()
             held.append(time.perf_counter())
 

@@ -253,11 +253,7 @@ class RunHandle:
         The iteration ends once the run has ended (``done()``), not merely its
         terminal event logged: the run's end is still being recorded then.
         """
-        return self._follow(check_count("after_seq", after_seq))
-
-    def _follow(self, after_seq: int) -> Iterator[Event]:
-        yield from self._log.follow(after_seq)
-        self._done.wait()
+        return self._log.follow(check_count("after_seq", after_seq), then=self._done.wait)
 
     def aevents(self, after_seq: int = 0) -> AsyncGenerator[Event, None]:
         """``events()`` for asyncio: ``async for ev in handle.aevents()`` never blocks the event loop.
