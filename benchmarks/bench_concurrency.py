@@ -22,6 +22,7 @@ Run: ``python benchmarks/bench_concurrency.py`` (``--quick`` for a smoke run).
 from __future__ import annotations
 
 import argparse
+import functools
 import queue
 import random
 import threading
@@ -29,7 +30,9 @@ import time
 from collections.abc import Callable, Iterator
 
 from threadflow import RunStatus, Step, StepInput, Workflow, cancel_run
+from threadflow._fastevents import make_exact, template
 from threadflow._registry import REGISTRY
+from threadflow.events import RunContentEvent
 
 PACE = 0.001
 
@@ -56,6 +59,16 @@ def endless(si: StepInput | None) -> Iterator[str]:
         yield "x"
 
 
+def building_events(chunks: int) -> Iterator[RunContentEvent]:
+    """The step's loop, building each chunk's ``run_content`` event the fast way threadflow does."""
+    fields = template(RunContentEvent, {"run_id": "r", "workflow_id": "w", "workflow_name": "w"})
+    fields.update(step_name="s", step_index=0, step_path="s")
+    for seq, chunk in enumerate(paced(chunks)(None), 1):
+        event = fields.copy()
+        event["seq"], event["created_at"], event["content"] = seq, time.time(), chunk
+        yield make_exact(RunContentEvent, event)
+
+
 def _timed(threads: list[threading.Thread]) -> float:
     started = time.perf_counter()
     for thread in threads:
@@ -76,6 +89,33 @@ def floor_background(streams: int, chunks: int) -> float:
     def producer(q: queue.SimpleQueue[object]) -> None:
         for chunk in paced(chunks)(None):
             q.put(chunk)
+        q.put(done)
+
+    def consumer(i: int, q: queue.SimpleQueue[object]) -> None:
+        n = 0
+        while q.get() is not done:
+            n += 1
+        counts[i] = n
+
+    threads = []
+    for i in range(streams):
+        q: queue.SimpleQueue[object] = queue.SimpleQueue()
+        threads += [threading.Thread(target=producer, args=(q,)), threading.Thread(target=consumer, args=(i, q))]
+    wall = _timed(threads)
+    assert sum(counts) == streams * chunks
+    return sum(counts) / wall
+
+
+def floor_background_events(streams: int, chunks: int) -> float:
+    """``floor_background``, the producer building each chunk's event and keeping it (as a handle's log does)."""
+    counts = [0] * streams
+    done = object()
+
+    def producer(q: queue.SimpleQueue[object]) -> None:
+        log = []
+        for event in building_events(chunks):
+            log.append(event)
+            q.put(event)
         q.put(done)
 
     def consumer(i: int, q: queue.SimpleQueue[object]) -> None:
@@ -125,6 +165,21 @@ def floor_streamed(streams: int, chunks: int) -> float:
     return sum(counts) / wall
 
 
+def floor_streamed_events(streams: int, chunks: int) -> float:
+    """``floor_streamed``, the generator building each chunk's event."""
+    counts = [0] * streams
+
+    def consumer(i: int) -> None:
+        n = 0
+        for _ in building_events(chunks):
+            n += 1
+        counts[i] = n
+
+    wall = _timed([threading.Thread(target=consumer, args=(i,)) for i in range(streams)])
+    assert sum(counts) == streams * chunks
+    return sum(counts) / wall
+
+
 def ours_streamed(wf: Workflow, streams: int, chunks: int) -> float:
     """Threads each iterating ``run(stream=True)``: chunks/s delivered."""
     counts = [0] * streams
@@ -144,26 +199,39 @@ def ours_streamed(wf: Workflow, streams: int, chunks: int) -> float:
 def throughput(streams: int, chunks: int, rounds: int) -> None:
     wf = Workflow("bench-conc", steps=[Step("s", executor=paced(chunks))], max_concurrent_runs=streams)
     print(f"\n## {streams} concurrent streams, {chunks} chunks each, 1 ms time.sleep before each ({rounds} rounds)")
+    print("   floor: bare threads; +events: bare threads also building each chunk's event; CPU µs per chunk")
     cases = (
-        ("background run + consumer thread", floor_background, ours_background),
-        ("run(stream=True) in its own thread", floor_streamed, ours_streamed),
+        ("background run + consumer thread", floor_background, floor_background_events, ours_background),
+        ("run(stream=True) in its own thread", floor_streamed, floor_streamed_events, ours_streamed),
     )
-    for label, floor_fn, ours_fn in cases:
-        ratios = []
+    for label, floor_fn, events_fn, ours_fn in cases:
+        ratios: list[float] = []
+        bound: list[float] = []
         for _ in range(rounds):
-            cpu = time.process_time()
-            floor = floor_fn(streams, chunks)
-            floor_cpu = (time.process_time() - cpu) / (streams * chunks) * 1e6
-            cpu = time.process_time()
-            ours = ours_fn(wf, streams, chunks)
-            ours_cpu = (time.process_time() - cpu) / (streams * chunks) * 1e6
-            ratios.append(ours / floor)
-            print(
-                f"  {label:36s} floor {floor:9,.0f}  threadflow {ours:9,.0f} chunks/s  = {ours / floor:4.2f}x"
-                f"  (CPU {floor_cpu:5.1f} / {ours_cpu:5.1f} µs per chunk)"
+            (floor, floor_cpu), (events, events_cpu), (ours, ours_cpu) = (
+                _rate_and_cpu(floor_fn, streams, chunks),
+                _rate_and_cpu(events_fn, streams, chunks),
+                _rate_and_cpu(functools.partial(ours_fn, wf), streams, chunks),
             )
-        print(f"  {label:36s} ratio {min(ratios):4.2f}-{max(ratios):4.2f}x over {rounds} rounds (goal >= 0.85x)")
+            ratios.append(ours / floor)
+            bound.append(events / floor)
+            print(
+                f"  {label:36s} floor {floor:7,.0f}  +events {events:7,.0f}  threadflow {ours:7,.0f} chunks/s"
+                f"  = {ours / floor:4.2f}x floor, {ours / events:4.2f}x +events"
+                f"  (CPU {floor_cpu:4.1f} / {events_cpu:4.1f} / {ours_cpu:4.1f})"
+            )
+        print(
+            f"  {label:36s} threadflow {min(ratios):4.2f}-{max(ratios):4.2f}x the floor (goal >= 0.85x); "
+            f"+events {min(bound):4.2f}-{max(bound):4.2f}x"
+        )
     assert len(REGISTRY) == 0
+
+
+def _rate_and_cpu(fn: Callable[[int, int], float], streams: int, chunks: int) -> tuple[float, float]:
+    """chunks/s, and the process's CPU time per chunk in µs."""
+    cpu = time.process_time()
+    rate = fn(streams, chunks)
+    return rate, (time.process_time() - cpu) / (streams * chunks) * 1e6
 
 
 # -- cancel latency under load --------------------------------------------------

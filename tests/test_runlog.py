@@ -216,3 +216,27 @@ def test_paced_background_runs_feed_early_and_late_followers_to_the_end() -> Non
         assert events.count("run_content") == 30
         assert events[0] == "workflow_started" and events[-1] == "workflow_completed"
     assert all(handle.done() for handle in handles)
+
+
+def test_a_background_run_logs_every_chunk_that_its_worker_no_longer_hands_over() -> None:
+    """The worker drops what the run hands it, so chunks go to the log only: none is lost or renumbered."""
+    release = threading.Event()
+
+    def step(si: StepInput) -> Iterator[str]:
+        yield "a"
+        release.wait(WAIT)
+        yield "b"
+        yield "c"
+
+    wf = Workflow("runlog-chunks", steps=[Step("s", executor=step)])
+    handle = wf.run(background=True)
+    live = handle.events()
+    first = [next(live) for _ in range(4)]  # started, step_started, run_started, the first chunk
+    assert [e.event for e in first][-1] == "run_content"
+    release.set()
+    rest = list(live)
+    replay = list(handle.events())
+    assert replay == first + rest
+    assert [e.seq for e in replay] == list(range(1, len(replay) + 1))
+    assert [e.content for e in replay if e.event == "run_content"] == ["a", "b", "c"]  # type: ignore[union-attr]
+    assert replay[-1].event == "workflow_completed"

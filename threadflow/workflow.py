@@ -222,6 +222,7 @@ class Workflow:
         """A registered (pending) background run, not yet handed to a worker."""
         log = EventLog()
         runner = self._new_runner(run_input, run_id, run_timeout, background=True, sink=log.append)
+        runner.drop_chunks()  # a worker of the pool drives it, and drops what it is handed
         return RunHandle(runner, log)
 
     def _start_background(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
