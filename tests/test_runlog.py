@@ -240,3 +240,32 @@ def test_a_background_run_logs_every_chunk_that_its_worker_no_longer_hands_over(
     assert [e.seq for e in replay] == list(range(1, len(replay) + 1))
     assert [e.content for e in replay if e.event == "run_content"] == ["a", "b", "c"]  # type: ignore[union-attr]
     assert replay[-1].event == "workflow_completed"
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_a_reader_interrupted_while_it_sleeps_leaves_no_registration_behind() -> None:
+    """A signal handler raising in a sleeping reader (Ctrl+C in the main thread) unregisters it."""
+    import signal
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    log = EventLog()
+    registered = threading.Event()
+    log._lock = HookedLock(registered.set)  # type: ignore[assignment]
+    main = threading.get_ident()
+    killer = threading.Thread(target=lambda: registered.wait(WAIT) and signal.pthread_kill(main, signal.SIGUSR1))
+    killer.start()
+    try:
+        with pytest.raises(Interrupted):
+            list(log.follow())  # blocks: nothing is ever appended
+    finally:
+        killer.join(WAIT)
+        signal.signal(signal.SIGUSR1, previous)
+    assert log._sleepers == []
+    log.append(terminal(1))  # and the log still works for the next reader
+    assert [e.seq for e in log.follow()] == [1]

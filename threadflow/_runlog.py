@@ -95,15 +95,15 @@ class EventLog:
         writer unregisters it and releases it to wake the reader.
         """
         sleeper.acquire(blocking=False)  # a reader that gave up last time may have been released since
-        with self._lock:
-            self._sleepers.append(sleeper)
-        if len(self._events) <= cursor and not self.done:  # the last look, now that the writer will see us
-            try:
+        try:
+            with self._lock:
+                self._sleepers.append(sleeper)
+            if len(self._events) <= cursor and not self.done:  # the last look, now that the writer will see us
                 sleeper.acquire()
                 return  # woken: the writer has unregistered us
-            except BaseException:  # an interrupt while blocked
-                self._unregister(sleeper)
-                raise
+        except BaseException:  # an interrupt (a signal handler raising) wherever it lands
+            self._unregister(sleeper)
+            raise
         self._unregister(sleeper)
 
     def _unregister(self, sleeper: threading.Lock) -> None:
