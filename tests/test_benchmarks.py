@@ -12,6 +12,13 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).parent.parent / "benchmarks"
 
 EXPECTED = {
+    "bench_concurrency.py": [
+        "background run + consumer thread",
+        "run(stream=True) in its own thread",
+        "+events",
+        "bare threads: flag between sleeps",
+        "p99",
+    ],
     "bench_compose.py": ["bare threads", "threadflow Parallel", "p99", "events per second"],
     "bench_core.py": ["baseline A", "baseline B", "bare loop", "p99", "registry 0"],
     "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],

@@ -106,6 +106,9 @@ class Lane:
         self._root: Runner | None = None  # a branch's run lane; None in the run's own lane (no self-cycle)
         #: Nobody listens (``Runner.mute``): events are numbered, never built.
         self.quiet = False
+        #: The consumer drops what it is handed (a background worker): the sink alone carries
+        #: the events, and a streamed chunk's event is not handed over (``Runner.drop_chunks``).
+        self.sink_only = False
         #: The run's step spans while telemetry traces it (``threadflow._observe``), else None.
         self.spans: _observe.StepScopes | None = None
         self._span_path = ""  # the step whose code runs next in this lane (for its span)
@@ -272,7 +275,7 @@ class Lane:
         self._step_gen = gen  # from here on, a consumer leaving must close it
         self._stream_fields = run_fields
         yield self.emit(RunStartedEvent, **run_fields)
-        state, ctx, sink, quiet = self.state, self.ctx, self.sink, self.quiet
+        state, ctx, sink, quiet, sink_only = self.state, self.ctx, self.sink, self.quiet, self.sink_only
         # The step's code runs in a Context of its own, entered for each resumption: the run's
         # context is ambient exactly while step code runs, at the price of one call per chunk.
         resume: Callable[..., Any] = self._enter_step_context().run
@@ -321,6 +324,8 @@ class Lane:
                 event = make_exact(RunContentEvent, fields)
                 if sink is not None:
                     sink(event)
+                    if sink_only:
+                        continue  # the next step of the loop is the checkpoint the yield would have been
                 yield event
         except CancellationError as error:
             self._step_gen = self._step_context = None

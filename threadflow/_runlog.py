@@ -17,59 +17,96 @@ class EventLog:
     blocks the run and costs no memory of its own; the log itself holds the
     run's events (what ``events(after_seq=0)`` must replay) and goes away
     with the handle.
+
+    The run's thread appends without taking a lock, and wakes only the
+    readers that sleep (each on a lock of its own, released once: one
+    wake-up per reader per batch, however many events the batch holds). A
+    reader reads the list without a lock too; it takes the log's lock only
+    to go to sleep. What makes that safe is the order on each side: the
+    writer appends, *then* looks for sleepers; a reader registers as a
+    sleeper, *then* looks at the list once more before it blocks — so
+    either the writer finds it registered, or it finds the event.
     """
 
-    __slots__ = ("_cond", "_events", "_listeners", "_waiters", "done")
+    __slots__ = ("_events", "_listeners", "_lock", "_sleepers", "done")
 
     def __init__(self) -> None:
         self._events: list[BaseEvent] = []
-        self._cond = threading.Condition(threading.Lock())
-        self._waiters = 0
-        self._listeners: list[Callable[[], None]] = []
-        self.done = False
+        self._lock = threading.Lock()  # guards _sleepers and the replacing of _listeners
+        self._sleepers: list[threading.Lock] = []  # readers blocked until the next append, each on its lock
+        self._listeners: tuple[Callable[[], None], ...] = ()  # replaced, never changed in place
+        self.done = False  # set just after the terminal event is appended
 
     def append(self, event: BaseEvent) -> None:
-        with self._cond:
-            self._events.append(event)
-            if event.terminal:
-                self.done = True
-            if self._waiters:
-                self._cond.notify_all()
-            listeners = self._listeners[:] if self._listeners else None
-        if listeners:
-            for listener in listeners:
-                listener()
+        self._events.append(event)
+        if event.terminal:
+            self.done = True
+        if self._sleepers:  # read unlocked: see the class docstring for why no wake-up is lost
+            self._wake()
+        for listener in self._listeners:
+            listener()
+
+    def _wake(self) -> None:
+        with self._lock:
+            sleepers, self._sleepers = self._sleepers, []
+            for sleeper in sleepers:  # released under the lock: a reader that gave up is never woken late
+                sleeper.release()
 
     def add_listener(self, listener: Callable[[], None]) -> None:
         """Call ``listener()`` after every append (from the run's thread)."""
-        with self._cond:
-            self._listeners.append(listener)
+        with self._lock:
+            self._listeners = (*self._listeners, listener)
 
     def remove_listener(self, listener: Callable[[], None]) -> None:
-        with self._cond:
-            if listener in self._listeners:
-                self._listeners.remove(listener)
+        with self._lock:
+            listeners = list(self._listeners)
+            if listener in listeners:
+                listeners.remove(listener)
+                self._listeners = tuple(listeners)
 
     def since(self, after_seq: int) -> list[BaseEvent]:
         """The events with ``seq > after_seq`` logged so far."""
-        with self._cond:
-            return self._events[after_seq:]
+        return self._events[after_seq:]
 
-    def follow(self, after_seq: int = 0, timeout: float | None = None) -> Iterator[Event]:
-        """Replay, then follow live until the terminal event."""
+    def follow(self, after_seq: int = 0, then: Callable[[], object] | None = None) -> Iterator[Event]:
+        """Replay, then follow live through the terminal event; call ``then()`` before the iteration ends."""
         cursor = after_seq
+        events = self._events
+        sleeper = threading.Lock()
         while True:
-            with self._cond:
-                while len(self._events) <= cursor and not self.done:
-                    self._waiters += 1
-                    try:
-                        self._cond.wait(timeout)
-                    finally:
-                        self._waiters -= 1
-                batch = self._events[cursor:]
-                finished = self.done
-            for event in batch:
-                cursor += 1
-                yield event  # type: ignore[misc]  # the runner logs only Event members
-            if finished and cursor >= len(self._events):
-                return
+            done = self.done  # read before the list: once done, every event is in it
+            if len(events) > cursor:
+                batch = events[cursor:]
+                cursor += len(batch)
+                yield from batch  # type: ignore[misc]  # the runner logs only Event members
+                if batch[-1].terminal:
+                    break
+            elif done:
+                break
+            else:
+                self._sleep(sleeper, cursor)
+        if then is not None:
+            then()
+
+    def _sleep(self, sleeper: threading.Lock, cursor: int) -> None:
+        """Block until the log holds more than ``cursor`` events, or is done.
+
+        ``sleeper`` is the reader's own lock, held while it is registered; the
+        writer unregisters it and releases it to wake the reader.
+        """
+        sleeper.acquire(blocking=False)  # a reader that gave up last time may have been released since
+        try:
+            with self._lock:
+                self._sleepers.append(sleeper)
+            if len(self._events) <= cursor and not self.done:  # the last look, now that the writer will see us
+                sleeper.acquire()
+                return  # woken: the writer has unregistered us
+        except BaseException:  # an interrupt (a signal handler raising) wherever it lands
+            self._unregister(sleeper)
+            raise
+        self._unregister(sleeper)
+
+    def _unregister(self, sleeper: threading.Lock) -> None:
+        with self._lock:
+            if sleeper in self._sleepers:
+                self._sleepers.remove(sleeper)

@@ -118,6 +118,16 @@ class Runner(Lane):
         """
         self.quiet = self.sink is None
 
+    def drop_chunks(self) -> None:
+        """The consumer drops every event it is handed (a background worker): a chunk's goes to the sink only.
+
+        A streaming step's ``run_content`` events then reach their readers
+        through the sink (the handle's log) alone, saving a hand-over through
+        every generator layer per chunk; the checkpoints stay where they were.
+        Only for a run with a sink. Before ``events()``.
+        """
+        self.sink_only = self.sink is not None
+
     # -- the run ------------------------------------------------------------
 
     def resume(self, outputs: dict[str, Any], *, last_seq: int, attempt: int, previous_owner: str | None) -> None:

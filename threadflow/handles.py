@@ -352,11 +352,7 @@ class RunHandle:
         The iteration ends once the run has ended (``done()``), not merely its
         terminal event logged: the run's end is still being recorded then.
         """
-        return self._follow(check_count("after_seq", after_seq))
-
-    def _follow(self, after_seq: int) -> Iterator[Event]:
-        yield from self._log_now().follow(after_seq)
-        self.wait()
+        return self._log_now().follow(check_count("after_seq", after_seq), then=self.wait)
 
     def aevents(self, after_seq: int = 0) -> AsyncGenerator[Event, None]:
         """``events()`` for asyncio: ``async for ev in handle.aevents()`` never blocks the event loop.

@@ -243,7 +243,9 @@ class Workflow:
         """The runner of a background run registered by ``_background_handle``."""
         if self.debug_mode:
             sink = _debug_sink(sink)
-        return Runner(self.steps, state, run_input, store=state.store, sink=sink)
+        runner = Runner(self.steps, state, run_input, store=state.store, sink=sink)
+        runner.drop_chunks()  # a worker of the pool drives it, and drops what it is handed
+        return runner
 
     def _start_background(self, run_input: Any, run_id: str | None, run_timeout: float | None) -> RunHandle:
         handle = self._background_handle(run_input, run_id, run_timeout)
