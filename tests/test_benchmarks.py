@@ -17,6 +17,7 @@ EXPECTED = {
     "bench_runcontrol.py": ["bare Thread start", "never cancelled (baseline)", "late"],
     "bench_store.py": ["MemoryStore", "SqliteStore", "p99"],
     "bench_http.py": ["in-process", "p99", "events per second"],
+    "bench_http_load.py": ["floor", "time to first event", "p99", "5xx answers or cut streams: floor 0, threadflow 0"],
     "bench_http_disconnect.py": ["concurrent streams", "p99", "completed after their client left: 0 of 20"],
     "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event"],
     "bench_postgres.py": ["bare NOTIFY", "bare SKIP LOCKED", "claims/s", "cross-host cancel", "resume after SIGKILL"],
