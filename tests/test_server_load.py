@@ -87,3 +87,30 @@ def test_many_concurrent_streams_all_get_their_first_event() -> None:
             for thread in threads:
                 thread.join(WAIT)
     assert all(isinstance(end, WorkflowCompletedEvent) for end in ends)
+
+
+BURST_GATE = threading.Event()
+
+
+def burst(step_input: Any) -> Iterator[str]:
+    yield "first"
+    get_context().wait(BURST_GATE)
+    yield from (str(n) for n in range(step_input.input))
+
+
+def test_a_stream_gathering_events_for_its_gap_still_sends_a_full_batch_and_its_end(monkeypatch: Any) -> None:
+    """However long the gap between sends, a full batch and the terminal event go out at once."""
+    from threadflow.server import _feeds
+
+    monkeypatch.setattr(_feeds, "_SEND_GAP_PER_STREAM", 3600.0)
+    monkeypatch.setattr(_feeds, "_MAX_SEND_GAP_SECONDS", 3600.0)
+    tokens = 3 * _feeds._MAX_BATCH + 5
+    with running_server(create_app(Workflow("burst", steps=[burst]))) as url, Client(url) as client:
+        with client.stream("burst", tokens) as stream:
+            contents = []
+            for event in stream:
+                if isinstance(event, RunContentEvent):
+                    contents.append(event.content)
+                    BURST_GATE.set()  # the rest comes while the stream is inside its gap
+            assert contents == ["first", *map(str, range(tokens))]
+            assert isinstance(event, WorkflowCompletedEvent)
