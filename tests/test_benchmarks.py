@@ -25,6 +25,7 @@ EXPECTED = {
     "bench_queued.py": ["pending cf futures (floor)", "queued threadflow runs", "threadflow.shutdown()", "so: yes"],
     "bench_store.py": ["MemoryStore", "SqliteStore", "rounds", "p99"],
     "bench_http.py": ["in-process", "p99", "events per second"],
+    "bench_http_load.py": ["floor", "time to first event", "p99", "5xx answers or cut streams: floor 0, threadflow 0"],
     "bench_http_disconnect.py": ["concurrent streams", "p99", "completed after their client left: 0 of 20"],
     "bench_telemetry.py": ["off (no observer)", "metrics", "µs/streamed event", "plain run() with metrics on"],
     "bench_postgres.py": ["bare NOTIFY", "bare SKIP LOCKED", "claims/s", "cross-host cancel", "resume after SIGKILL"],

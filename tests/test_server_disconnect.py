@@ -12,39 +12,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
+from _busy_pool import WAIT, SharedPoolHog
 
 from threadflow import CancellationError, Workflow, get_context
 from threadflow.client import Client
 from threadflow.events import RunContentEvent
 from threadflow.server import create_app, running_server
-from threadflow.storage import MemoryStore
-
-WAIT = 10.0
-ANYIO_DEFAULT_THREADS = 40
-
-
-class BlockingStore(MemoryStore):
-    """``get_run`` of an id starting with ``block-`` waits for ``release``: a database that is busy."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = threading.Event()
-        self._entered = 0
-        self._cond = threading.Condition()
-
-    def get_run(self, run_id: str) -> Any:
-        if run_id.startswith("block-"):
-            with self._cond:
-                self._entered += 1
-                self._cond.notify_all()
-            self.release.wait(WAIT)
-        return super().get_run(run_id)
-
-    def wait_for_entered(self, count: int) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: self._entered >= count, WAIT)
-
 
 INSIDE, CLEANED = threading.Event(), threading.Event()
 
@@ -60,28 +33,15 @@ def parked(step_input: Any) -> Iterator[str]:
 
 
 def test_a_disconnect_cancels_its_run_while_every_shared_worker_thread_is_busy() -> None:
-    store = BlockingStore()
-    workflow = Workflow("parked", steps=[parked], store=store)
-    with running_server(create_app(workflow)) as url, Client(url) as client:
+    app = create_app(Workflow("parked", steps=[parked]))
+    hog = SharedPoolHog(app)
+    with running_server(app) as url, Client(url) as client:
         stream = client.stream("parked")
         assert isinstance(next(e for e in stream if isinstance(e, RunContentEvent)), RunContentEvent)
         assert INSIDE.wait(WAIT)
-        readers = [
-            threading.Thread(
-                target=httpx.get, args=(f"{url}/workflows/parked/runs/block-{n}",), kwargs={"timeout": WAIT}
-            )
-            for n in range(ANYIO_DEFAULT_THREADS)
-        ]
-        try:
-            for reader in readers:
-                reader.start()
-            assert store.wait_for_entered(ANYIO_DEFAULT_THREADS)  # every shared worker thread now waits
+        with hog.holding_every_thread(url):  # every shared worker thread now waits
             stream.close()
             assert CLEANED.wait(WAIT / 2), "the run was not cancelled while the worker threads were busy"
-        finally:
-            store.release.set()
-            for reader in readers:
-                reader.join(WAIT)
 
 
 def firehose(step_input: Any) -> Iterator[str]:

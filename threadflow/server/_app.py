@@ -10,12 +10,12 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from starlette.concurrency import run_in_threadpool
 
 from .. import DuplicateRunError, RunHandle, RunInfo, RunStatus, Workflow, __version__
 from ..storage import RunStore
 from . import _responses as answers
 from ._auth import Auth, api_key_or_env
+from ._capacity import on_control_thread
 from ._dashboard import add_dashboard
 from ._feeds import Feed, batched, poll_store
 from ._listing import Listing
@@ -106,7 +106,7 @@ class _Api:
             return _no_workflow(workflow_id)
         body = await read_body(request, StartRunRequest, self.max_body)
         try:
-            handle = await run_in_threadpool(_start, workflow, body)
+            handle = await on_control_thread(_start, workflow, body)
         except DuplicateRunError as duplicate:
             return error(409, str(duplicate), run_id=duplicate.run_id)
         self.recent.add(handle)
@@ -118,15 +118,12 @@ class _Api:
         started = {"run_id": handle.run_id, "workflow_id": handle.workflow_id, "status": handle.status.value}
         return JSONAnswer(started, status_code=202, headers=headers)
 
-    def get_run(self, workflow_id: str, run_id: str) -> Response:
-        """The run's record: 200 ``RunInfo`` JSON, or 404.
-
-        A plain function, so that FastAPI calls it on a worker thread: it may read a store.
-        """
+    async def get_run(self, workflow_id: str, run_id: str) -> Response:
+        """The run's record: 200 ``RunInfo`` JSON, or 404 (looked up on a control thread: it may read a store)."""
         workflow = self.workflows.get(workflow_id)
         if workflow is None:
             return _no_workflow(workflow_id)
-        info = self._lookup(workflow, run_id)
+        info = await on_control_thread(self._lookup, workflow, run_id)
         if info is None:
             return _no_run(workflow_id, run_id)
         return JSONAnswer(info.model_dump(mode="json"))
@@ -149,7 +146,7 @@ class _Api:
         handle = self.recent.get(workflow, run_id)
         if handle is not None:
             return EventStreamResponse(batched(handle.aevents(after_seq), feed), feed, owns=None, headers={})
-        store, info = await run_in_threadpool(self._event_store, workflow, run_id)
+        store, info = await on_control_thread(self._event_store, workflow, run_id)
         if store is None:
             if info is None:
                 return _no_run(workflow_id, run_id)
@@ -162,7 +159,7 @@ class _Api:
         if workflow is None:
             return _no_workflow(workflow_id)
         body = await read_body(request, CancelRunRequest, self.max_body)
-        response: Response = await run_in_threadpool(self._cancel, workflow_id, workflow, run_id, body.reason)
+        response: Response = await on_control_thread(self._cancel, workflow_id, workflow, run_id, body.reason)
         return response
 
     # -- helpers, run on a worker thread (stores may do I/O) --

@@ -24,6 +24,10 @@ __all__ = ["OPEN_FEEDS", "Feed", "Stopped", "batched", "poll_store"]
 
 _STORE_POLL_SECONDS = 0.05
 _MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see batched)
+# While events trickle in, a stream sends at most once per this many seconds for each stream open on its
+# loop, and at most once per _MAX_SEND_GAP_SECONDS (see batched): 200 streams send 10 times a second each.
+_SEND_GAP_PER_STREAM = 0.0005
+_MAX_SEND_GAP_SECONDS = 0.1
 # How long a run that has ended here may take to be recorded as ended in its store.
 _RECORDING_GRACE_SECONDS = 5.0
 
@@ -76,6 +80,10 @@ class _OpenFeeds:
         with self._lock:
             self._open.get(feed.loop, set()).discard(feed)
 
+    def count(self, loop: asyncio.AbstractEventLoop) -> int:
+        """How many feeds are open on ``loop`` (read without the lock: a moment's count is enough)."""
+        return len(self._open.get(loop, ()))
+
     def stop(self, loop: asyncio.AbstractEventLoop) -> None:
         """End every feed on ``loop``, now and from now on; call on ``loop``."""
         with self._lock:
@@ -99,6 +107,14 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
     raced ahead of its client (a backlog of thousands of events) is sent a
     batch per loop turn, so that the other streams, and the disconnects the
     loop must notice, are not held up behind one huge send.
+
+    Events that trickle in (a token every few ms) are gathered for a gap
+    that grows with the streams open on the loop (see ``_held_back``): each
+    send costs the loop a system call, which gives the GIL away to the
+    runs' threads, and with hundreds of streams each sending every token,
+    every turn of the loop grew long enough to hold up the requests
+    waiting on it (a cancel, a new stream). An event after a quiet spell,
+    the terminal event, and a full batch go out at once.
     """
     pending: list[BaseEvent] = []
     ended: list[BaseException | None] = []
@@ -108,7 +124,8 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
         try:
             async for event in events:
                 pending.append(event)
-                feed.wake()
+                if len(pending) == 1 or event.terminal or len(pending) >= _MAX_BATCH:
+                    feed.wake()  # not for every event: the stream looks again when its gap has passed
                 if len(pending) >= _MAX_BATCH:
                     room.clear()
                     await room.wait()
@@ -119,14 +136,17 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
         feed.wake()
 
     task = feed.loop.create_task(pump())
+    sent_at = -_MAX_SEND_GAP_SECONDS
     try:
         while True:
+            await _held_back(feed, pending, ended, sent_at)
             feed.reset()
             batch = pending[:_MAX_BATCH]
             del pending[:_MAX_BATCH]
             room.set()
             if batch:
                 yield batch
+                sent_at = feed.loop.time()
             if ended and not pending:
                 if ended[0] is not None:
                     raise ended[0]
@@ -139,6 +159,27 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
                 await feed.wait()
     finally:
         task.cancel()  # closes ``events`` (its finally runs in the pump task)
+
+
+async def _held_back(feed: Feed, pending: list[BaseEvent], ended: list[BaseException | None], sent_at: float) -> None:
+    """Wait until a gap after the last send has passed, unless what is pending must go out now.
+
+    The gap is ``_SEND_GAP_PER_STREAM`` for each stream open on the loop, at
+    most ``_MAX_SEND_GAP_SECONDS``: a few streams send at once, hundreds
+    share the loop's sends. Woken early (by the pump) for the terminal event
+    and a full batch, and by the feed's stop; a stream that has ended or
+    holds nothing does not wait.
+    """
+    gap = min(_MAX_SEND_GAP_SECONDS, _SEND_GAP_PER_STREAM * OPEN_FEEDS.count(feed.loop))
+    wait = sent_at + gap - feed.loop.time()
+    if wait <= 0 or not pending or ended or feed.stopping or pending[-1].terminal or len(pending) >= _MAX_BATCH:
+        return
+    feed.reset()
+    timer = feed.loop.call_later(wait, feed.wake)
+    try:
+        await feed.wait()
+    finally:
+        timer.cancel()
 
 
 async def poll_store(store: RunStore, run_id: str, after_seq: int, feed: Feed) -> AsyncIterator[list[BaseEvent]]:
