@@ -60,6 +60,26 @@ class _Called(MemoryStore):
         pass
 
 
+class _Kept(MemoryStore):
+    """An upper bound for any store that records tokens: each is kept in memory (two appends), none is written."""
+
+    records_events = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.times = array("d")
+        self.contents: list[str] = []
+
+    def append(self, event: object) -> None:
+        if type(event) is RunContentEvent:
+            self.times.append(event.created_at)
+            self.contents.append(event.content)
+
+    def run_ended(self, info: RunInfo) -> None:
+        super().run_ended(info)
+        self.times, self.contents = array("d"), []
+
+
 class _Bare(MemoryStore):
     """The floor of recording tokens in process: two appends per token on the run's thread, nothing else;
     at the run's end one ``json.dumps`` and one bare sqlite3 insert of both columns."""
@@ -99,6 +119,7 @@ def throughput(directory: Path, tokens: int, repeats: int) -> None:
         "MemoryStore": MemoryStore(),
         "SqliteStore": SqliteStore(directory / "bench.db"),
         "called": _Called(),
+        "kept": _Kept(),
         "bare": _Bare(directory / "bare.db"),
     }
     rates: dict[str, list[float]] = {name: [] for name in stores}
@@ -120,6 +141,7 @@ def throughput(directory: Path, tokens: int, repeats: int) -> None:
     print(f"  goal ≥ 70% in every round: {met}/{repeats} rounds")
     print("  floors, / MemoryStore in the same round:")
     print(f"    a store that is called for every event and does nothing       {_percentages(ratios['called'])}")
+    print(f"    each token kept in memory (two appends), nothing written      {_percentages(ratios['kept'])}")
     print(f"    two bare appends per token, one json.dumps + sqlite3 insert   {_percentages(ratios['bare'])}")
 
 
