@@ -92,16 +92,10 @@ class WorkerPool:
                 REGISTRY.cancel(handle._state, "no thread could be started to run it", CancelCause.shutdown)
             raise
 
-    def _take(self, handle: RunHandle) -> bool:
-        """Take ``handle`` out of the queue; False if it was not queued (a worker has it, or it ended)."""
-        with self._lock:
-            if not handle._queued:
-                return False
-            handle._queued = False
-            self._queued -= 1
-            if len(self._queue) > 64 and len(self._queue) > 2 * self._queued:
-                self._queue = deque(h for h in self._queue if h._queued)
-            return True
+    def _compact(self) -> None:
+        """Drop the skipped slots once they outnumber the queued runs (under the lock)."""
+        if len(self._queue) > 64 and len(self._queue) > 2 * self._queued:
+            self._queue = deque(h for h in self._queue if h._queued)
 
     def take_all(self) -> list[RunHandle]:
         """Empty the queue at once; the caller owns (and must end) every run returned."""
@@ -114,9 +108,23 @@ class WorkerPool:
         return taken
 
     def _cancel_queued(self, handle: RunHandle) -> None:
-        if self._take(handle):
-            _record_unstarted(handle)
-        # else a worker has it already: it sees the cancel at its first checkpoint
+        """Take ``handle`` out of the queue and record it; a worker that has it already sees the cancel itself.
+
+        Once this thread has taken the run, it records it whatever interrupts it
+        (Ctrl+C in the cancelling thread): nobody else would, ever.
+        """
+        taken = False
+        try:
+            with self._lock:
+                if not handle._queued:
+                    return
+                # One statement: an interrupt lands before or after it, never between the flag, the count
+                # and this thread knowing it owns the run.
+                taken, handle._queued, self._queued = True, False, self._queued - 1
+                self._compact()
+        finally:
+            if taken:
+                _record_unstarted(handle)
 
     def _next(self) -> RunHandle | None:
         with self._lock:
