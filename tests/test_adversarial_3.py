@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import secrets
+import shutil
+import subprocess
+import sys
 import threading
 from collections import deque
+from pathlib import Path
 
 import pytest
 from conftest import WAIT, names
 
 from threadflow import RunHandle, RunStatus, Step, StepInput, Workflow, _background, get_context
 from threadflow.events import BaseEvent
+from threadflow.storage.sqlite._bell import open_bell
 
 
 def _blocked(gate: threading.Event) -> Workflow:
@@ -62,3 +70,85 @@ def test_ctrl_c_while_a_cancel_compacts_the_queue_still_records_the_run(monkeypa
     gate.set()
     assert all(h.wait(WAIT) for h in [first, *handles])
     assert [h.status for h in handles[51:]] == [RunStatus.completed] * 49
+
+
+# -- the SqliteStore doorbell -----------------------------------------------------------------------
+
+linux_only = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and Path("/dev/shm").is_dir()), reason="the doorbell lives in /dev/shm"
+)
+
+
+@linux_only
+def test_a_bell_owns_its_page_of_shared_memory_from_the_start() -> None:
+    """A bell whose page is a hole is allocated at the first look: with /dev/shm full, that is SIGBUS."""
+    bell = open_bell(secrets.token_hex(16))
+    assert bell is not None
+    try:
+        assert os.stat(bell.path).st_blocks > 0
+    finally:
+        bell.remove()
+
+
+@linux_only
+def test_no_room_in_dev_shm_means_no_bell_and_no_file_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    token = secrets.token_hex(16)
+    assert open_bell(token) is None
+    assert not Path(f"/dev/shm/threadflow-cancel-{os.getpid()}-{token}").exists()
+
+
+_FULL_SHM_RUN = """
+import os, sys
+fd = os.open("/dev/shm/filler", os.O_WRONLY | os.O_CREAT)
+try:
+    while True:
+        os.write(fd, b"x" * 4096)
+except OSError:
+    pass  # /dev/shm is full
+from threadflow import Step, Workflow
+from threadflow.storage import SqliteStore
+def stream(step_input):
+    yield from ["tok"] * 200
+with SqliteStore(sys.argv[1]) as store:
+    wf = Workflow("full", steps=[Step("s", executor=stream)], store=store)
+    events = list(wf.run(stream=True))
+print(events[-1].event)
+"""
+
+
+def _private_tiny_shm() -> list[str] | None:
+    """The command prefix that runs a process with its own, 64 KiB, /dev/shm; None where it cannot be had."""
+    unshare = shutil.which("unshare")
+    if unshare is None or not sys.platform.startswith("linux"):
+        return None
+    prefix = [
+        unshare,
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        'mount -t tmpfs -o size=64k tmpfs /dev/shm && exec "$@"',
+        "sh",
+    ]
+    probe = subprocess.run([*prefix, "true"], capture_output=True, check=False)
+    return prefix if probe.returncode == 0 else None
+
+
+def test_a_streaming_run_of_a_process_whose_dev_shm_is_full_is_not_killed(tmp_path: Path) -> None:
+    """The defect in the flesh: the run's first look at its bell was a SIGBUS (exit -7 / 135)."""
+    prefix = _private_tiny_shm()
+    if prefix is None:
+        pytest.skip("needs a private mount namespace (unshare -m, as root) for a full /dev/shm of its own")
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", _FULL_SHM_RUN, str(tmp_path / "runs.db")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=WAIT * 3,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "workflow_completed"), done.stderr[-2000:]
