@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -15,8 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import WAIT, names
 
-from threadflow import RunHandle, RunStatus, Step, StepInput, Workflow, _background, get_context
+import threadflow
+from threadflow import RunHandle, RunInfo, RunStatus, Step, StepInput, Workflow, _background, get_context
 from threadflow.events import BaseEvent
+from threadflow.storage import MemoryStore
 from threadflow.storage.sqlite._bell import open_bell
 
 
@@ -70,6 +73,75 @@ def test_ctrl_c_while_a_cancel_compacts_the_queue_still_records_the_run(monkeypa
     gate.set()
     assert all(h.wait(WAIT) for h in [first, *handles])
     assert [h.status for h in handles[51:]] == [RunStatus.completed] * 49
+
+
+def test_a_done_callback_raising_keyboard_interrupt_does_not_rob_the_callbacks_after_it() -> None:
+    """``await wf.arun()`` on the same run waits on a done callback too: skipped, it would hang for ever."""
+    gate = threading.Event()
+    wf = _blocked(gate)
+    first = wf.run("first", background=True)
+    handle = wf.run("queued", background=True)
+    called: list[str] = []
+
+    def interrupt(_: RunHandle) -> None:
+        called.append("interrupt")
+        raise KeyboardInterrupt
+
+    handle.add_done_callback(interrupt)
+    handle.add_done_callback(lambda _: called.append("after"))
+    with pytest.raises(KeyboardInterrupt):
+        handle.cancel()
+    assert called == ["interrupt", "after"]
+    gate.set()
+    assert first.wait(WAIT) and handle.wait(WAIT)
+
+
+class _FailingEnd(MemoryStore):
+    """Its first ``run_ended`` raises, as a store that lost its connection would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def run_ended(self, info: RunInfo) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("the store went away")
+        super().run_ended(info)
+
+
+@pytest.mark.parametrize("trouble", ["store", "interrupt"])
+def test_shutdown_ends_every_queued_run_it_took_whatever_ending_one_of_them_raised(trouble: str) -> None:
+    """shutdown() takes every queued run out at once: one it failed to end took the ones after it down too."""
+    gate = threading.Event()
+    store = _FailingEnd() if trouble == "store" else MemoryStore()
+    wf = Workflow(
+        "queued",
+        steps=[Step("block", executor=lambda si: get_context().wait(gate, timeout=WAIT))],
+        max_concurrent_runs=1,
+        store=store,
+    )
+    first = wf.run("first", background=True)
+    if trouble == "store":
+        store.failed = True  # the first run's end is recorded; the first queued one's is not
+        queued = [wf.run(i, background=True) for i in range(3)]
+        store.failed = False
+    else:
+        queued = [wf.run(i, background=True) for i in range(3)]
+
+        def interrupt(_: RunHandle) -> None:
+            raise KeyboardInterrupt
+
+        queued[0].add_done_callback(interrupt)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            threadflow.shutdown(WAIT)
+        assert all(h.wait(WAIT) for h in queued), [h.status for h in queued]
+        assert [h.status for h in queued] == [RunStatus.cancelled] * 3
+        assert [wf.get_run(h.run_id) is not None for h in queued[1:]] == [True, True]
+    finally:
+        gate.set()
+        assert first.wait(WAIT)
 
 
 # -- the SqliteStore doorbell -----------------------------------------------------------------------

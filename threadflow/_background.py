@@ -245,9 +245,7 @@ def shutdown(timeout: float | None = 10.0) -> bool:
     check_seconds("timeout", timeout, optional=True)
     drain()
     # Queued runs first, every queue emptied at once: no worker starts one of them meanwhile.
-    for pool in list(_POOLS):
-        for handle in pool.take_all():
-            _cancel_unstarted(handle)
+    _end_taken([handle for pool in list(_POOLS) for handle in pool.take_all()])
     handles = active_handles()
     for handle in handles:
         REGISTRY.cancel(handle._state, _SHUTDOWN, CancelCause.shutdown)
@@ -257,6 +255,26 @@ def shutdown(timeout: float | None = 10.0) -> bool:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         ended = handle.wait(left) and ended
     return ended
+
+
+def _end_taken(taken: list[RunHandle]) -> None:
+    """End every run taken out of its queue: nobody else ever will, whatever ending one of them raised.
+
+    A failure (a store's ``run_ended``) is logged, as when a cancel takes a
+    run out of the queue; an interrupt (a done callback's ``KeyboardInterrupt``)
+    is raised once every run has ended.
+    """
+    interrupt: BaseException | None = None
+    for handle in taken:
+        try:
+            _cancel_unstarted(handle)
+        except Exception:
+            logger.exception("threadflow: recording queued run %s as cancelled failed", handle.run_id)
+        except BaseException as error:
+            logger.exception("threadflow: recording queued run %s as cancelled was interrupted", handle.run_id)
+            interrupt = interrupt or error
+    if interrupt is not None:
+        raise interrupt
 
 
 def _cancel_unstarted(handle: RunHandle) -> None:
