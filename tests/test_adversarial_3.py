@@ -224,3 +224,56 @@ def test_a_streaming_run_of_a_process_whose_dev_shm_is_full_is_not_killed(tmp_pa
         timeout=WAIT * 3,
     )
     assert (done.returncode, done.stdout.strip()) == (0, "workflow_completed"), done.stderr[-2000:]
+
+
+_FORKED_OWNER = """
+import os, sys, threading
+from threadflow import Step, Workflow, get_context
+from threadflow.storage import SqliteStore
+
+folder = sys.argv[1]
+gate = threading.Event()
+parent_store = SqliteStore(f"{folder}/parent.db")
+blocking = Step("b", executor=lambda si: get_context().wait(gate, timeout=30))
+parent_run = Workflow("parent", steps=[blocking], store=parent_store).run(background=True)
+parent_store.flush()  # the run is recorded: this process's cancel watcher runs as it forks
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(read)
+    def stream(si):
+        for count in range(10**9):
+            yield "t"
+            if count == 1000:
+                os.write(write, (get_context().run_id + "\\n").encode())
+    with SqliteStore(f"{folder}/child.db") as store:
+        events = list(Workflow("child", steps=[Step("s", executor=stream)], store=store).run(stream=True))
+    os.write(write, (events[-1].event + "\\n").encode())
+    os._exit(0)
+os.close(write)
+lines = os.fdopen(read)
+run_id = lines.readline().strip()
+with SqliteStore(f"{folder}/child.db") as asker:
+    answer = asker.request_cancel(run_id, "stop", timeout=5)
+print(answer, flush=True)
+if answer is not True:
+    os.kill(child, 9)  # it streams for ever otherwise
+print(lines.readline().strip() or "no end", flush=True)
+os.waitpid(child, 0)
+gate.set()
+parent_run.wait(10)
+parent_store.close()
+"""
+
+
+@linux_only
+def test_a_process_forked_while_its_parent_watches_for_cancels_answers_its_own(tmp_path: Path) -> None:
+    """The child inherited the parent's watcher state without its thread: no watcher of its own ever started."""
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORKED_OWNER, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=WAIT * 3,
+    )
+    assert done.stdout.split() == ["True", "workflow_cancelled"], (done.stdout, done.stderr[-2000:])
