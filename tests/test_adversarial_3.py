@@ -15,12 +15,14 @@ from pathlib import Path
 
 import pytest
 from conftest import WAIT, names
+from test_storage_sqlite_bell import FlatOut, answer, ask_as_another_process
 
 import threadflow
 from threadflow import RunHandle, RunInfo, RunStatus, Step, StepInput, Workflow, _background, get_context
 from threadflow.events import BaseEvent
-from threadflow.storage import MemoryStore
-from threadflow.storage.sqlite._bell import open_bell
+from threadflow.storage import MemoryStore, SqliteStore
+from threadflow.storage.sqlite._bell import open_bell, ring
+from threadflow.storage.sqlite._remote_cancel import WATCHER
 
 
 def _blocked(gate: threading.Event) -> Workflow:
@@ -277,3 +279,33 @@ def test_a_process_forked_while_its_parent_watches_for_cancels_answers_its_own(t
         timeout=WAIT * 3,
     )
     assert done.stdout.split() == ["True", "workflow_cancelled"], (done.stdout, done.stderr[-2000:])
+
+
+@linux_only
+def test_a_ring_for_a_run_of_another_store_is_answered_by_the_thread_that_heard_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One doorbell per process, one store's run thread clears it: it used to look only in its own store.
+
+    The watcher's looks are off and no datagram is sent: only a run thread that hears the bell can answer.
+    """
+    monkeypatch.setattr(type(WATCHER), "_look", staticmethod(lambda store: None))
+    gate = threading.Event()
+    with SqliteStore(tmp_path / "a.db") as paced_store, SqliteStore(tmp_path / "b.db") as busy_store:
+        waiting = Step("wait", executor=lambda si: get_context().wait(gate, timeout=WAIT * 3))
+        paced = Workflow("paced", steps=[waiting], store=paced_store).run(background=True)
+        step = FlatOut()
+        busy = Workflow("busy", steps=[Step("stream", executor=step)], store=busy_store).run(background=True)
+        try:
+            assert step.reached.wait(WAIT)
+            request = ask_as_another_process(paced_store.path, paced.run_id, "from elsewhere")
+            owner = paced_store.owner(paced.run_id)
+            assert owner is not None and owner.inbox
+            ring(owner)  # the paced run's thread never looks: the busy one hears it
+            assert paced.wait(WAIT) and paced.status is RunStatus.cancelled
+            assert answer(paced_store.path, request) == "accepted"
+        finally:
+            busy.cancel()
+            paced.cancel()
+            gate.set()
+            assert busy.wait(WAIT) and paced.wait(WAIT)

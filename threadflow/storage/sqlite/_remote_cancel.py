@@ -209,6 +209,11 @@ class _CancelWatcher:
         with self._lock:
             self._stores.discard(store)
 
+    def stores(self) -> list[SqliteStore]:
+        """The stores watched now: a run's thread that hears the process's one doorbell looks in each."""
+        with self._lock:
+            return list(self._stores)
+
     @property
     def running(self) -> bool:
         return self._thread is not None
