@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -11,7 +12,9 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import WAIT, names
@@ -23,6 +26,7 @@ from threadflow.events import BaseEvent
 from threadflow.storage import MemoryStore, SqliteStore
 from threadflow.storage.sqlite._bell import open_bell, ring
 from threadflow.storage.sqlite._remote_cancel import WATCHER
+from threadflow.testing import check_run_events
 
 
 def _blocked(gate: threading.Event) -> Workflow:
@@ -144,6 +148,59 @@ def test_shutdown_ends_every_queued_run_it_took_whatever_ending_one_of_them_rais
     finally:
         gate.set()
         assert first.wait(WAIT)
+
+
+@pytest.mark.stress
+def test_a_queued_run_cancelled_as_it_starts_reads_the_same_to_every_kind_of_follower() -> None:
+    """Held under attack (kept as a guard): the lazy log, waiter and output made from six threads at once.
+
+    A cancel, the worker starting the run, ``events()``, ``aevents()``, ``result()`` and
+    ``add_done_callback`` race; whoever owns the run, every reader sees one and the same end.
+    """
+    outcomes: set[RunStatus] = set()
+    for _ in range(100):
+        gate = threading.Event()
+        wf = _blocked(gate)
+        first = wf.run("first", background=True)
+        handle = wf.run("queued", background=True)
+        barrier = threading.Barrier(6)
+        seen: dict[str, Any] = {}
+        called: list[RunHandle] = []
+
+        async def collect(handle: RunHandle = handle) -> list[BaseEvent]:
+            return [event async for event in handle.aevents()]
+
+        def at_once(
+            name: str, work: Callable[[], object], barrier: threading.Barrier = barrier, seen: dict[str, Any] = seen
+        ) -> threading.Thread:
+            def go() -> None:
+                barrier.wait()
+                seen[name] = work()
+
+            thread = threading.Thread(target=go)
+            thread.start()
+            return thread
+
+        threads = [
+            at_once("accepted", lambda handle=handle: handle.cancel("race")),
+            at_once("opened", gate.set),
+            at_once("events", lambda handle=handle: list(handle.events())),
+            at_once("aevents", lambda collect=collect: asyncio.run(collect())),
+            at_once("output", lambda handle=handle: handle.result(WAIT)),
+            at_once("callback", lambda handle=handle, called=called: handle.add_done_callback(called.append)),
+        ]
+        for thread in threads:
+            thread.join(WAIT)
+        assert first.wait(WAIT) and handle.wait(WAIT)
+        status = seen["output"].status
+        outcomes.add(status)
+        assert (status is RunStatus.cancelled) is seen["accepted"]
+        events = check_run_events(seen["events"])
+        assert [e.model_dump() for e in seen["aevents"]] == [e.model_dump() for e in events]
+        assert events[-1].event == f"workflow_{status.value}" and called == [handle]
+        info = wf.get_run(handle.run_id)
+        assert info is not None and info.status is status
+    assert RunStatus.cancelled in outcomes
 
 
 # -- the SqliteStore doorbell -----------------------------------------------------------------------
