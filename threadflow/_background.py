@@ -92,16 +92,10 @@ class WorkerPool:
                 REGISTRY.cancel(handle._state, "no thread could be started to run it", CancelCause.shutdown)
             raise
 
-    def _take(self, handle: RunHandle) -> bool:
-        """Take ``handle`` out of the queue; False if it was not queued (a worker has it, or it ended)."""
-        with self._lock:
-            if not handle._queued:
-                return False
-            handle._queued = False
-            self._queued -= 1
-            if len(self._queue) > 64 and len(self._queue) > 2 * self._queued:
-                self._queue = deque(h for h in self._queue if h._queued)
-            return True
+    def _compact(self) -> None:
+        """Drop the skipped slots once they outnumber the queued runs (under the lock)."""
+        if len(self._queue) > 64 and len(self._queue) > 2 * self._queued:
+            self._queue = deque(h for h in self._queue if h._queued)
 
     def take_all(self) -> list[RunHandle]:
         """Empty the queue at once; the caller owns (and must end) every run returned."""
@@ -114,9 +108,23 @@ class WorkerPool:
         return taken
 
     def _cancel_queued(self, handle: RunHandle) -> None:
-        if self._take(handle):
-            _record_unstarted(handle)
-        # else a worker has it already: it sees the cancel at its first checkpoint
+        """Take ``handle`` out of the queue and record it; a worker that has it already sees the cancel itself.
+
+        Once this thread has taken the run, it records it whatever interrupts it
+        (Ctrl+C in the cancelling thread): nobody else would, ever.
+        """
+        taken = False
+        try:
+            with self._lock:
+                if not handle._queued:
+                    return
+                # One statement: an interrupt lands before or after it, never between the flag, the count
+                # and this thread knowing it owns the run.
+                taken, handle._queued, self._queued = True, False, self._queued - 1
+                self._compact()
+        finally:
+            if taken:
+                _record_unstarted(handle)
 
     def _next(self) -> RunHandle | None:
         with self._lock:
@@ -237,9 +245,7 @@ def shutdown(timeout: float | None = 10.0) -> bool:
     check_seconds("timeout", timeout, optional=True)
     drain()
     # Queued runs first, every queue emptied at once: no worker starts one of them meanwhile.
-    for pool in list(_POOLS):
-        for handle in pool.take_all():
-            _cancel_unstarted(handle)
+    _end_taken([handle for pool in list(_POOLS) for handle in pool.take_all()])
     handles = active_handles()
     for handle in handles:
         REGISTRY.cancel(handle._state, _SHUTDOWN, CancelCause.shutdown)
@@ -249,6 +255,26 @@ def shutdown(timeout: float | None = 10.0) -> bool:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         ended = handle.wait(left) and ended
     return ended
+
+
+def _end_taken(taken: list[RunHandle]) -> None:
+    """End every run taken out of its queue: nobody else ever will, whatever ending one of them raised.
+
+    A failure (a store's ``run_ended``) is logged, as when a cancel takes a
+    run out of the queue; an interrupt (a done callback's ``KeyboardInterrupt``)
+    is raised once every run has ended.
+    """
+    interrupt: BaseException | None = None
+    for handle in taken:
+        try:
+            _cancel_unstarted(handle)
+        except Exception:
+            logger.exception("threadflow: recording queued run %s as cancelled failed", handle.run_id)
+        except BaseException as error:
+            logger.exception("threadflow: recording queued run %s as cancelled was interrupted", handle.run_id)
+            interrupt = interrupt or error
+    if interrupt is not None:
+        raise interrupt
 
 
 def _cancel_unstarted(handle: RunHandle) -> None:

@@ -383,8 +383,15 @@ class RunHandle:
             waiter, callbacks, self._callbacks = self._waiter, self._callbacks, None
         if waiter is not None:
             waiter.set()
+        interrupt: BaseException | None = None
         for fn in callbacks or ():
-            self._call(fn)
+            try:
+                self._call(fn)
+            except BaseException as error:  # Ctrl+C, sys.exit(): the callbacks after it (an await's) still run
+                logger.exception("threadflow: done callback %r of run %s raised", fn, self.run_id)
+                interrupt = interrupt or error
+        if interrupt is not None:
+            raise interrupt
 
     def _call(self, fn: Callable[[RunHandle], object]) -> None:
         try:

@@ -74,7 +74,9 @@ def open_bell(token: str) -> Bell | None:
     except OSError:
         return None
     try:
-        os.ftruncate(fd, mmap.PAGESIZE)
+        # The page itself, now: a page of /dev/shm first touched through the mapping when the tmpfs is
+        # full (a container's 64 MB one) kills the process with SIGBUS. No room now means no bell.
+        os.posix_fallocate(fd, 0, mmap.PAGESIZE)
         return Bell(path, mmap.mmap(fd, mmap.PAGESIZE))
     except OSError:
         with contextlib.suppress(OSError):

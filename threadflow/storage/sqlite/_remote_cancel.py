@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
 import sqlite3
 import threading
@@ -208,6 +209,11 @@ class _CancelWatcher:
         with self._lock:
             self._stores.discard(store)
 
+    def stores(self) -> list[SqliteStore]:
+        """The stores watched now: a run's thread that hears the process's one doorbell looks in each."""
+        with self._lock:
+            return list(self._stores)
+
     @property
     def running(self) -> bool:
         return self._thread is not None
@@ -273,6 +279,21 @@ class _CancelWatcher:
             except Exception:
                 logger.exception("threadflow: answering a cancel request in %s failed", store.path)
 
+    def forget_parent(self) -> None:
+        """In a forked child: the parent's watcher thread did not come along, and its inbox and bell are the parent's.
+
+        Left as they were, the child would never start a watcher of its own
+        (nobody would answer cancel requests for its runs) and its runs'
+        threads would clear the parent's doorbell. The parent's bell file is
+        not removed; the child's copy of its inbox is closed.
+        """
+        inbox = self._inbox
+        self._lock = threading.Lock()
+        self._stores = set()
+        self._thread = self._inbox = self.bell = None
+        if inbox is not None:
+            inbox[0].close()
+
     @staticmethod
     def _look(store: SqliteStore) -> None:
         try:
@@ -282,3 +303,6 @@ class _CancelWatcher:
 
 
 WATCHER = _CancelWatcher()
+
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=WATCHER.forget_parent)
