@@ -247,3 +247,30 @@ def test_a_queued_handle_reads_like_a_future_too(stores: Any) -> None:
     assert late == [ok]
     pending = Workflow("double", steps=[double], store=front).enqueue(3)
     assert pending.cancel() and pending.cancelled()
+
+
+def test_the_live_record_of_a_run_names_the_owner_its_stored_record_does(stores: Any) -> None:
+    """While a run is active in this process its record comes from the registry: it must agree with the file's."""
+    import threadflow
+
+    front, back = stores
+    handle = Workflow("parked", steps=[parked], store=front).enqueue(None)
+    with Worker(Workflow("parked", steps=[parked], store=back), back):
+        events = handle.events()
+        assert names([next(events), next(events)]) == ["workflow_started", "step_started"]
+        try:
+            live, stored = threadflow.get_run(handle.run_id), back.get_run(handle.run_id)
+            assert live is not None and stored is not None
+            assert live.status is RunStatus.waiting  # answered by the registry: the step sleeps
+            assert (live.owner, live.attempt) == (stored.owner, stored.attempt)
+            assert live.owner is not None and live.owner.endswith(f":{os.getpid()}")
+        finally:
+            assert handle.cancel() is True
+        assert handle.result(WAIT).status is RunStatus.cancelled
+    plain = Workflow("plain", steps=[parked], store=front).run(background=True)
+    try:
+        live, stored = threadflow.get_run(plain.run_id), front.get_run(plain.run_id)
+        assert live is not None and stored is not None and live.owner == stored.owner is not None
+    finally:
+        plain.cancel()
+        assert plain.wait(WAIT)

@@ -66,6 +66,8 @@ class RunState:
         "store",
         "timeout",
         "traceparent",
+        "owner",
+        "attempt",
         "workflow_id",
         "workflow_name",
     )
@@ -109,6 +111,9 @@ class RunState:
         self.step_budget: Budget | None = None
         #: The W3C traceparent the run continues (``threadflow._observe``); None without telemetry.
         self.traceparent: str | None = None
+        #: What the record says of the process running it, on a store that records an owner; and its attempt.
+        self.owner: str | None = None
+        self.attempt = 1
 
     @property
     def cancel_event(self) -> threading.Event:
@@ -145,8 +150,8 @@ class RunState:
                 "created_at": self.created_at,
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
-                "owner": None,
-                "attempt": 1,
+                "owner": self.owner,
+                "attempt": self.attempt,
                 "traceparent": self.traceparent,
             },
         )

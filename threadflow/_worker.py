@@ -225,6 +225,7 @@ class Worker:
             store=self.store,
             traceparent=getattr(claim, "traceparent", None),
         )
+        runner.state.attempt = claim.attempt
         if resume is not None:
             outputs, last_seq = resume
             runner.resume(outputs, last_seq=last_seq, attempt=claim.attempt, previous_owner=claim.previous_owner)

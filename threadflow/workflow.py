@@ -200,6 +200,7 @@ class Workflow:
         store = self.store if store is None else store  # a Worker runs a queued run on its own store
         state = RunState(run_id, self.id, self.name, store=store, timeout=timeout, background=background)
         state.traceparent = traceparent  # a run created elsewhere continues its trace (the Runner reads it)
+        state.owner = getattr(store, "identity", None)  # a shared store records this process as the owner
         if self.debug_mode:
             sink = _debug_sink(sink)
         # The runner exists before the run is registered: should an interrupt lose it on the way to
@@ -233,6 +234,7 @@ class Workflow:
         run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
         timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
         state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=True)
+        state.owner = getattr(self.store, "identity", None)
         handle = RunHandle(state, self, run_input)
         if _observe.watches_events():
             handle._materialize()

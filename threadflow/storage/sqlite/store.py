@@ -19,7 +19,7 @@ from ..base import LocalRuns
 from ..errors import StoreError
 from ._connection import SharedConnection
 from ._layout import RunBuffer, Tokens, decode_chunk
-from ._liveness import RunOwner, dead_owner_keys
+from ._liveness import RunOwner, dead_owner_keys, this_process
 from ._nudges import Nudge
 from ._queue import QueueSide, cancel_unowned
 from ._remote_cancel import WATCHER, Answers, request_cancel
@@ -206,6 +206,12 @@ class SqliteStore(QueueSide):
         finally:
             self._writes.forget(info.run_id, buffer)
             self._answers.wait(info.run_id, self._timeout)
+
+    @property
+    def identity(self) -> str:
+        """What ``RunInfo.owner`` says of the runs this process records here: ``"host:pid"``."""
+        me = this_process()
+        return f"{me.host}:{me.pid}"
 
     def flush(self) -> None:
         """Return once every event appended so far, and every end owed, is committed (``StoreError`` if not)."""
