@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import threading
 import time
 import types
@@ -181,7 +182,24 @@ def _started_now(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None
     async def rest() -> None:
         await _resumed(coro, waiting_on)
 
-    return loop.create_task(rest())
+    task = loop.create_task(rest())
+    task.add_done_callback(lambda _: _cancel_unstarted(coro))
+    return task
+
+
+def _cancel_unstarted(coro: Coroutine[Any, Any, None]) -> None:
+    """Throw the cancel into ``coro`` if its task was cancelled before it ran, so that its ``finally`` blocks run.
+
+    (``close()`` would not reach an async generator it awaits: that one would
+    be left running for ever.) Once its task has run, ``coro`` has ended.
+    """
+    if inspect.getcoroutinestate(coro) != inspect.CORO_SUSPENDED:
+        return
+    try:
+        coro.throw(asyncio.CancelledError())
+    except (asyncio.CancelledError, StopIteration):
+        return
+    coro.close()  # it waited again after the cancel: nothing more can be done for it
 
 
 @types.coroutine

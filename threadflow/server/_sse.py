@@ -96,8 +96,8 @@ class FeedResponse(StreamingResponse):
     task beside it reads the connection: a client's disconnect ends the
     response at once (the chunks are closed, a run the response owns is
     cancelled, see ``EventStreamResponse``), and a keep-alive comment goes
-    out every ``KEEP_ALIVE_SECONDS``. A ``HEAD`` request is
-    answered with the headers alone.
+    out every ``KEEP_ALIVE_SECONDS``. (Routes streaming SSE answer ``GET``
+    and ``POST``, never ``HEAD``.)
     """
 
     media_type = "text/event-stream"
@@ -114,10 +114,6 @@ class FeedResponse(StreamingResponse):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        if scope["method"] == "HEAD":  # a stream's body would never end: the headers are the answer
-            await send(start)
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
         OPEN_FEEDS.add(self._feed)
         _stop_feeds_on_exit(self._feed.loop)
         try:
