@@ -2,8 +2,7 @@
 
 Under load every turn of the event loop is long, so these pin the turns a
 stream no longer waits for (a task group before the headers, a pump task
-before the first batch, a thread hop to start a run kept in memory), and the
-behaviour the response keeps doing itself (keep-alive comments).
+before the first batch), and what the response now does itself (keep-alive comments).
 """
 
 from __future__ import annotations
@@ -18,9 +17,8 @@ from _busy_pool import WAIT
 
 from threadflow import RunHandle, Workflow, get_context
 from threadflow.events import RunContentEvent, WorkflowCompletedEvent, WorkflowStartedEvent
-from threadflow.server import _app, _capacity, _sse, create_app
+from threadflow.server import _sse, create_app
 from threadflow.server._feeds import Feed, batched
-from threadflow.storage import MemoryStore
 
 
 class Gate:
@@ -164,38 +162,3 @@ def test_a_quiet_stream_sends_keep_alive_comments(monkeypatch: pytest.MonkeyPatc
     assert b": keep-alive\n\n" in bodies
     assert b'"workflow_completed"' in b"".join(bodies)
     assert bodies[-1] == b""  # the body was ended, and nothing was sent after it
-
-
-# -- where a run starts -------------------------------------------------------------------------
-
-
-class CountingStore(MemoryStore):
-    """A MemoryStore subclass: it may write somewhere, so its runs start on a control thread."""
-
-
-@pytest.mark.parametrize(("store", "hops"), [(None, 0), (CountingStore(), 1)])
-def test_only_a_run_kept_in_memory_starts_on_the_event_loop(
-    monkeypatch: pytest.MonkeyPatch, store: MemoryStore | None, hops: int
-) -> None:
-    calls: list[Any] = []
-    real = _capacity.on_control_thread
-
-    async def counted(fn: Any, *args: Any) -> Any:
-        calls.append(fn)
-        return await real(fn, *args)
-
-    monkeypatch.setattr(_app, "on_control_thread", counted)
-    gate = Gate()
-    gate.release.set()
-    options = {} if store is None else {"store": store}
-    app = create_app(_gated("where", gate, **options))
-    bodies: list[bytes] = []
-
-    def on_send(message: dict[str, Any]) -> None:
-        if message["type"] == "http.response.body":
-            bodies.append(message["body"])
-
-    body = b'{"stream": true}'
-    asyncio.run(_call(app, _scope("POST", "/workflows/where/runs", body), body, on_send))
-    assert b'"workflow_completed"' in b"".join(bodies)
-    assert calls.count(_app._start) == hops

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
 from .. import DuplicateRunError, RunHandle, RunInfo, RunStatus, Workflow, __version__
-from ..storage import MemoryStore, RunStore
+from ..storage import RunStore
 from . import _responses as answers
 from ._auth import Auth, api_key_or_env
 from ._capacity import on_control_thread
@@ -106,7 +106,7 @@ class _Api:
             return _no_workflow(workflow_id)
         body = await read_body(request, StartRunRequest, self.max_body)
         try:
-            handle = await _started(workflow, body)
+            handle = await on_control_thread(_start, workflow, body)
         except DuplicateRunError as duplicate:
             return error(409, str(duplicate), run_id=duplicate.run_id)
         self.recent.add(handle)
@@ -236,21 +236,6 @@ def _ok(responses: dict[int | str, dict[str, Any]]) -> dict[str, Any]:
 
 def _start(workflow: Workflow, body: StartRunRequest) -> RunHandle:
     return workflow.run(body.input, background=True, run_id=body.run_id)
-
-
-async def _started(workflow: Workflow, body: StartRunRequest) -> RunHandle:
-    """The run started in the background: on the event loop itself when its store is a ``MemoryStore``.
-
-    Starting a run records it in its store, which may do I/O (and wait for a
-    busy database): that is done on a control thread. A ``MemoryStore``
-    records nothing at the start, and registering the run and handing it to
-    a thread took ~1 ms (p99 ~7 ms: a thread start waits for the GIL) with
-    200 runs streaming, far less than the hop to a thread and back (two turns
-    of a busy loop, ~100 ms each under load).
-    """
-    if type(workflow.store) is MemoryStore:  # exactly: a subclass may write somewhere
-        return _start(workflow, body)
-    return await on_control_thread(_start, workflow, body)
 
 
 def _cancelled(run_id: str, status: RunStatus) -> Response:
