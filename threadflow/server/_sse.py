@@ -29,7 +29,7 @@ __all__ = ["INTERRUPTED", "KEEP_ALIVE_SECONDS", "EventStreamResponse", "FeedResp
 
 logger = logging.getLogger("threadflow.server")
 
-#: Seconds without a send after which a stream sends a keep-alive comment (proxies close idle connections).
+#: A stream sends a keep-alive comment every this many seconds (proxies close connections idle too long).
 KEEP_ALIVE_SECONDS = 15.0
 _KEEP_ALIVE = b": keep-alive\n\n"
 _SURROGATE = re.compile("[\ud800-\udfff]")
