@@ -8,10 +8,14 @@ stop: it then raises ``Stopped`` so that the stream can end cleanly.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
 import time
+import types
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
+from typing import Any
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -135,7 +139,7 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
             ended.append(None)
         feed.wake()
 
-    task = feed.loop.create_task(pump())
+    task = _started_now(feed.loop, pump())  # the events logged already go out in the first send, this turn
     sent_at = -_MAX_SEND_GAP_SECONDS
     try:
         while True:
@@ -158,7 +162,64 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
             else:
                 await feed.wait()
     finally:
-        task.cancel()  # closes ``events`` (its finally runs in the pump task)
+        if task is not None:
+            task.cancel()  # closes ``events`` (its finally runs in the pump task)
+
+
+def _started_now(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run ``coro`` up to its first wait here and now, and the rest as a task (None if it did not wait).
+
+    A task created the plain way starts on the loop's next turn, and under load
+    a turn of the loop is long (~100 ms with 200 busy streams): a stream's
+    pump started that way would leave the events already logged (the run's
+    start, often its first token) for a later turn than the response itself.
+    """
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return None
+
+    async def rest() -> None:
+        await _resumed(coro, waiting_on)
+
+    task = loop.create_task(rest())
+    task.add_done_callback(lambda _: _cancel_unstarted(coro))
+    return task
+
+
+def _cancel_unstarted(coro: Coroutine[Any, Any, None]) -> None:
+    """Throw the cancel into ``coro`` if its task was cancelled before it ran, so that its ``finally`` blocks run.
+
+    (``close()`` would not reach an async generator it awaits: that one would
+    be left running for ever.) Once its task has run, ``coro`` has ended.
+    """
+    if inspect.getcoroutinestate(coro) != inspect.CORO_SUSPENDED:
+        return
+    try:
+        coro.throw(asyncio.CancelledError())
+    except (asyncio.CancelledError, StopIteration):
+        return
+    coro.close()  # it waited again after the cancel: nothing more can be done for it
+
+
+@types.coroutine
+def _resumed(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
+    """Carry on ``coro``, stepped by hand until it waited on ``waiting_on``, as ``await`` would.
+
+    What it waits on goes up to the task; what the task sends or throws in
+    (a cancel) goes down to ``coro`` — ``yield from`` for a coroutine already begun.
+    """
+    while True:
+        try:
+            sent = yield waiting_on
+        except BaseException as thrown:  # noqa: BLE001 — not handled: handed on to the coroutine
+            step: Callable[[], Any] = functools.partial(coro.throw, thrown)
+        else:
+            step = functools.partial(coro.send, sent)
+        try:
+            waiting_on = step()
+        except StopIteration:
+            return
 
 
 async def _held_back(feed: Feed, pending: list[BaseEvent], ended: list[BaseException | None], sent_at: float) -> None:

@@ -5,16 +5,19 @@ Every SSE message is ``id: <seq>`` and ``data: <the event's own JSON>`` (the eve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator
 
 import anyio
 import anyio.to_thread
 from pydantic_core import PydanticSerializationError
 from sse_starlette import EventSourceResponse
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from .. import RunHandle
@@ -22,11 +25,13 @@ from ..events import BaseEvent
 from ..telemetry import count_streamed
 from ._feeds import OPEN_FEEDS, Feed, Stopped
 
-__all__ = ["INTERRUPTED", "EventStreamResponse", "FeedResponse", "event_json"]
+__all__ = ["INTERRUPTED", "KEEP_ALIVE_SECONDS", "EventStreamResponse", "FeedResponse", "event_json"]
 
 logger = logging.getLogger("threadflow.server")
 
-_SHUTDOWN_GRACE_SECONDS = 1.0  # under uvicorn's graceful-shutdown timeout (2 s here, 5 s for `threadflow serve`)
+#: A stream sends a keep-alive comment every this many seconds (proxies close connections idle too long).
+KEEP_ALIVE_SECONDS = 15.0
+_KEEP_ALIVE = b": keep-alive\n\n"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _INTERRUPTED_DETAIL = "the server is stopping before the run has ended; ask again (after_seq, Last-Event-ID) to resume"
 INTERRUPTED = f"event: stream_interrupted\ndata: {json.dumps({'detail': _INTERRUPTED_DETAIL})}\n\n".encode()
@@ -82,40 +87,94 @@ async def _chunks(batches: AsyncIterator[list[BaseEvent]]) -> AsyncIterator[byte
             yield INTERRUPTED
 
 
-class FeedResponse(EventSourceResponse):
-    """An SSE response whose feed a stopping server ends cleanly (``stream_interrupted``) rather than cuts."""
+class FeedResponse(StreamingResponse):
+    """An SSE response over a feed's chunks; a stopping server ends the feed cleanly (``stream_interrupted``).
+
+    Sent from the request's own task: the headers at once, then each chunk as
+    it comes, with no task group around it (under load every task started is
+    a turn of the event loop before the first byte goes out). One watcher
+    task beside it reads the connection: a client's disconnect ends the
+    response at once (the chunks are closed, a run the response owns is
+    cancelled, see ``EventStreamResponse``), and a keep-alive comment goes
+    out every ``KEEP_ALIVE_SECONDS``. (Routes streaming SSE answer ``GET``
+    and ``POST``, never ``HEAD``.)
+    """
+
+    media_type = "text/event-stream"
 
     def __init__(self, chunks: AsyncIterator[bytes], feed: Feed, *, headers: dict[str, str]) -> None:
         self._feed = feed
-        # sse-starlette sets this when it sees uvicorn stop (the process's signal handler), then
-        # waits up to the grace period for the feed to end before it cuts the stream.
-        self._shutdown = anyio.Event()
-        super().__init__(
-            chunks,
-            headers=headers,
-            sep="\n",
-            shutdown_event=self._shutdown,
-            shutdown_grace_period=_SHUTDOWN_GRACE_SECONDS,
-            data_sender_callable=self._stop_on_shutdown,
-        )
+        # The chunks and the keep-alive comments share the connection. asyncio's lock: taking it
+        # free costs no turn of the loop (anyio's yields one on every acquire).
+        self._sending = asyncio.Lock()
+        self._ended = False  # the body is complete: nothing more may be sent
+        self._open = anyio.CancelScope()
+        sse = {"Cache-Control": "no-store", "Connection": "keep-alive", "X-Accel-Buffering": "no"}
+        super().__init__(chunks, headers={**sse, **headers})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         OPEN_FEEDS.add(self._feed)
+        _stop_feeds_on_exit(self._feed.loop)
         try:
-            await super().__call__(scope, receive, send)
+            await send(start)
+            watcher = self._feed.loop.create_task(self._watch(receive, send))
+            try:
+                with self._open:  # cancelled by the watcher when the client has gone
+                    await self._send_chunks(send)
+            finally:
+                watcher.cancel()
         finally:
             OPEN_FEEDS.discard(self._feed)
 
-    async def _stop_on_shutdown(self) -> None:
-        await self._shutdown.wait()
-        self._feed.stop()
+    async def _send_chunks(self, send: Send) -> None:
+        async with contextlib.aclosing(self.body_iterator):  # type: ignore[type-var]  # async generators have aclose()
+            async for chunk in self.body_iterator:
+                async with self._sending:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        async with self._sending:
+            self._ended = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _watch(self, receive: Receive, send: Send) -> None:
+        """Until the client disconnects (then end the response), a keep-alive comment every ``KEEP_ALIVE_SECONDS``."""
+        while True:
+            with anyio.move_on_after(KEEP_ALIVE_SECONDS):
+                if (await receive())["type"] == "http.disconnect":
+                    self._open.cancel()
+                    return
+                continue
+            async with self._sending:
+                if self._ended:
+                    return
+                await send({"type": "http.response.body", "body": _KEEP_ALIVE, "more_body": True})
+
+
+_exit_watched: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _stop_feeds_on_exit(loop: asyncio.AbstractEventLoop) -> None:
+    """Once per loop: end its feeds when the uvicorn serving it is told to stop.
+
+    ``running_server`` and ``threadflow serve`` end them themselves; this is
+    for an app served by a uvicorn of the user's own (a signal stops it).
+    sse-starlette's shared watcher tells: one task per loop, not per stream.
+    """
+    if loop not in _exit_watched:
+        _exit_watched.add(loop)
+        loop.create_task(_feeds_stop_on_exit(loop))
+
+
+async def _feeds_stop_on_exit(loop: asyncio.AbstractEventLoop) -> None:
+    await EventSourceResponse._listen_for_exit_signal()  # sse-starlette's one shutdown watcher (a private name)
+    OPEN_FEEDS.stop(loop)
 
 
 class EventStreamResponse(FeedResponse):
     """A run's events as SSE; however the response ends, it cancels the run it owns if that run is still going.
 
-    "However it ends" covers the client disconnecting (sse-starlette sees the
-    ``http.disconnect`` at once and cancels the stream), a failed send, and the
+    "However it ends" covers the client disconnecting (the response's watcher
+    sees the ``http.disconnect`` at once and ends the stream), a failed send, and the
     server stopping; a run that reached its terminal event is not affected.
     """
 
