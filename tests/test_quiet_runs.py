@@ -283,3 +283,34 @@ def test_a_runs_output_carries_each_field_of_its_record() -> None:
     assert (output.step_name, output.cause, output.reason) == ("the-step", CancelCause.timeout, "the reason")
     assert (output.error, output.error_type) == ("the error", "TheError")
     assert (output.created_at, output.started_at, output.ended_at) == (1.0, 2.0, 3.0)
+
+
+def test_a_memory_store_keeps_a_finished_runs_final_state_and_answers_with_its_run_info() -> None:
+    """The RunInfo of a run of this process is made when asked for: equal to what run_ended used to be given."""
+    from threadflow.storage.memory import MemoryStore as Memory
+
+    store = Memory(max_runs=2)
+    wf = Workflow("kept", steps=[upper], store=store)
+    first, second = wf.run("a"), wf.run("b")
+
+    def fails(step_input: StepInput) -> None:
+        raise ValueError("no")
+
+    with pytest.raises(WorkflowError) as failed:
+        Workflow("kept", steps=[fails], store=store).run()
+    third = failed.value.output
+    assert store.get_run(first.run_id) is None  # max_runs: the oldest went
+    for output in (second, third):
+        info = store.get_run(output.run_id)
+        assert type(info) is RunInfo
+        assert (info.run_id, info.status, info.started_at, info.ended_at) == (
+            output.run_id,
+            output.status,
+            output.started_at,
+            output.ended_at,
+        )
+        assert (info.error, info.error_type, info.step_name) == (output.error, output.error_type, output.step_name)
+    listed = store.list_runs(status=RunStatus.error)
+    assert [type(i) for i in listed] == [RunInfo] and listed[0].run_id == third.run_id
+    assert [i.run_id for i in store.list_runs(limit=1)] == [third.run_id]
+    assert [i.run_id for i in store.list_runs(workflow_id="nope")] == []

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Generator
 from queue import SimpleQueue
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _observe
 from ._abandon import abandon, crash
@@ -44,6 +44,7 @@ from .exceptions import CancellationError
 from .output import WorkflowRunOutput
 from .status import CancelCause, RunStatus
 from .steps import Step
+from .storage.memory import MemoryStore
 
 if TYPE_CHECKING:
     from .storage.base import RunStore
@@ -53,6 +54,7 @@ __all__ = ["Runner", "StepFailed"]
 logger = logging.getLogger("threadflow")
 
 _time = time.time
+_PLAIN_RUN_ENDED = MemoryStore.run_ended
 
 
 class Runner(Lane):
@@ -217,8 +219,12 @@ class Runner(Lane):
             if self.ends is not None:
                 cause = state.effective_cause if final is RunStatus.cancelled else None
                 self.ends.ended(state.run_id, state.workflow_id, final, cause)
-            if self.store is not None:
-                self.store.run_ended(state.info())
+            store = self.store
+            if store is not None:
+                if type(store).run_ended is _PLAIN_RUN_ENDED:  # a MemoryStore: it makes the RunInfo if asked
+                    cast("MemoryStore", store).keep_final(state)
+                else:
+                    store.run_ended(state.info())
         finally:
             REGISTRY.remove(state)
             self.close_aio()

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Protocol
 
 from .._validate import check_count
 from ..events import BaseEvent, Event
 from ..status import RunInfo, RunStatus
 
 __all__ = ["MemoryStore"]
+
+
+class _FinalRecord(Protocol):
+    """The final state of a run of this process (the core's ``RunState``): never changed once it has ended."""
+
+    run_id: str
+    workflow_id: str
+    status: RunStatus
+
+    def info(self) -> RunInfo: ...
 
 
 class MemoryStore:
@@ -25,7 +36,7 @@ class MemoryStore:
     def __init__(self, max_runs: int = 1000) -> None:
         self.max_runs = check_count("max_runs", max_runs)
         self._lock = threading.Lock()
-        self._finished: dict[str, RunInfo] = {}  # oldest first
+        self._finished: dict[str, RunInfo | _FinalRecord] = {}  # oldest first
 
     def run_created(self, info: RunInfo) -> None:
         """Active runs are answered by the registry; nothing to keep yet."""
@@ -34,8 +45,18 @@ class MemoryStore:
         """Events are not kept."""
 
     def run_ended(self, info: RunInfo) -> None:
+        self._keep(info.run_id, info)
+
+    def keep_final(self, record: _FinalRecord) -> None:
+        """``run_ended`` of a run of this process, given its final record: the ``RunInfo`` is made when asked for.
+
+        The core calls this instead of ``run_ended`` on a ``MemoryStore``
+        whose ``run_ended`` is not overridden: most runs' records are never read.
+        """
+        self._keep(record.run_id, record)
+
+    def _keep(self, run_id: str, info: RunInfo | _FinalRecord) -> None:
         finished = self._finished
-        run_id = info.run_id
         with self._lock:
             if run_id in finished:  # a run id can come back (an ended run's id reused): it moves to the end
                 del finished[run_id]
@@ -44,7 +65,8 @@ class MemoryStore:
                 del finished[next(iter(finished))]
 
     def get_run(self, run_id: str) -> RunInfo | None:
-        return self._finished.get(run_id)
+        kept = self._finished.get(run_id)
+        return kept if kept is None or isinstance(kept, RunInfo) else kept.info()
 
     def list_runs(
         self,
@@ -56,11 +78,11 @@ class MemoryStore:
         with self._lock:
             runs = list(reversed(self._finished.values()))
         selected = [
-            info
-            for info in runs
-            if (status is None or info.status == status) and (workflow_id is None or info.workflow_id == workflow_id)
+            kept
+            for kept in runs
+            if (status is None or kept.status == status) and (workflow_id is None or kept.workflow_id == workflow_id)
         ]
-        return selected if limit is None else selected[:limit]
+        return [kept if isinstance(kept, RunInfo) else kept.info() for kept in selected[:limit]]
 
     def run_ids_with_prefix(self, prefix: str, *, limit: int = 2) -> list[str]:
         """Up to ``limit`` ids of the kept runs that start with ``prefix``, newest first."""
