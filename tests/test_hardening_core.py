@@ -376,6 +376,7 @@ def _registration_and_ending_code() -> set[Any]:
     return {
         Workflow.run.__code__,
         Workflow._new_runner.__code__,
+        Workflow._new_state.__code__,
         Workflow._register.__code__,
         Runner._finish.__code__,
         Registry.add.__code__,
@@ -421,6 +422,7 @@ def test_an_interrupt_at_any_line_of_starting_a_background_run_leaks_nothing() -
         Workflow.run.__code__,
         Workflow._start_background.__code__,
         Workflow._background_handle.__code__,
+        Workflow._new_state.__code__,
         Workflow._register.__code__,
         RunHandle.__init__.__code__,
         type(REGISTRY).add.__code__,

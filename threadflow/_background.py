@@ -25,7 +25,7 @@ from . import _observe
 from ._abandon import unstarted_events
 from ._gcdefer import drain
 from ._registry import REGISTRY
-from ._runner import Runner
+from ._runner import Runner, record_end
 from ._validate import check_seconds
 from .handles import RunHandle
 from .status import CancelCause, RunStatus
@@ -217,7 +217,7 @@ def _end_unheard(handle: RunHandle) -> None:
             ends.started(state.workflow_id)
             ends.ended(state.run_id, state.workflow_id, RunStatus.cancelled, state.effective_cause)
         if state.store is not None:
-            state.store.run_ended(state.info())
+            record_end(state.store, state)
     finally:
         REGISTRY.remove(state)
 

@@ -49,7 +49,7 @@ from .storage.memory import MemoryStore
 if TYPE_CHECKING:
     from .storage.base import RunStore
 
-__all__ = ["Runner", "StepFailed"]
+__all__ = ["Runner", "StepFailed", "record_end"]
 
 logger = logging.getLogger("threadflow")
 
@@ -219,12 +219,8 @@ class Runner(Lane):
             if self.ends is not None:
                 cause = state.effective_cause if final is RunStatus.cancelled else None
                 self.ends.ended(state.run_id, state.workflow_id, final, cause)
-            store = self.store
-            if store is not None:
-                if type(store).run_ended is _PLAIN_RUN_ENDED:  # a MemoryStore: it makes the RunInfo if asked
-                    cast("MemoryStore", store).keep_final(state)
-                else:
-                    store.run_ended(state.info())
+            if self.store is not None:
+                record_end(self.store, state)
         finally:
             REGISTRY.remove(state)
             self.close_aio()
@@ -279,6 +275,18 @@ class Runner(Lane):
     def abandon(self) -> None:
         """The consumer left: cancel (``stream_closed``), let the step clean up, record the end."""
         abandon(self)
+
+
+def record_end(store: RunStore, state: RunState) -> None:
+    """Give ``store`` the record of a run that has ended (``run_ended``).
+
+    A plain ``MemoryStore`` is given the run's final state instead, and makes
+    the ``RunInfo`` only if someone asks for it: most records are never read.
+    """
+    if type(store).run_ended is _PLAIN_RUN_ENDED:
+        cast("MemoryStore", store).keep_final(state)
+    else:
+        store.run_ended(state.info())
 
 
 def _fan_out(sinks: list[EventSink]) -> EventSink | None:

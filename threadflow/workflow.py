@@ -194,20 +194,30 @@ class Workflow:
         store: RunStore | None = None,
         traceparent: str | None = None,
     ) -> Runner:
-        drain()  # a safe point: finish runs a garbage collection abandoned
-        run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
-        timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
         store = self.store if store is None else store  # a Worker runs a queued run on its own store
-        state = RunState(run_id, self.id, self.name, store=store, timeout=timeout, background=background)
+        state = self._new_state(run_id, run_timeout, store, background=background)
         state.traceparent = traceparent  # a run created elsewhere continues its trace (the Runner reads it)
-        state.owner = getattr(store, "identity", None)  # a shared store records this process as the owner
-        if self.debug_mode:
-            sink = _debug_sink(sink)
         # The runner exists before the run is registered: should an interrupt lose it on the way to
         # the caller, dropping it finishes the run (Runner.__del__), so no window leaks an entry.
-        runner = Runner(self.steps, state, run_input, store=store, sink=sink)
+        runner = self._make_runner(state, run_input, store, sink)
         self._register(state, create=create, store=store)
         return runner
+
+    def _make_runner(self, state: RunState, run_input: Any, store: RunStore | None, sink: Any) -> Runner:
+        if self.debug_mode:
+            sink = _debug_sink(sink)
+        return Runner(self.steps, state, run_input, store=store, sink=sink)
+
+    def _new_state(
+        self, run_id: str | None, run_timeout: float | None, store: RunStore, *, background: bool
+    ) -> RunState:
+        """A new run's state, not yet registered; at a safe point (runs a garbage collection abandoned are finished)."""
+        drain()
+        run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
+        timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
+        state = RunState(run_id, self.id, self.name, store=store, timeout=timeout, background=background)
+        state.owner = getattr(store, "identity", None)  # a shared store records this process as the owner
+        return state
 
     def _register(self, state: RunState, *, create: bool, store: RunStore) -> None:
         """Add the run to the registry and, when it is new, record it in ``store``."""
@@ -230,11 +240,7 @@ class Workflow:
         telemetry traces runs it is made at once, so that the observer
         watches the run from the thread that created it, as for any other run.
         """
-        drain()
-        run_id = new_run_id() if run_id is None else check_id("run_id", run_id)
-        timeout = _check_timeout(run_timeout) if run_timeout is not None else self.run_timeout
-        state = RunState(run_id, self.id, self.name, store=self.store, timeout=timeout, background=True)
-        state.owner = getattr(self.store, "identity", None)
+        state = self._new_state(run_id, run_timeout, self.store, background=True)
         handle = RunHandle(state, self, run_input)
         if _observe.watches_events():
             handle._materialize()
@@ -243,9 +249,7 @@ class Workflow:
 
     def _runner_for(self, state: RunState, run_input: Any, sink: Any) -> Runner:
         """The runner of a background run registered by ``_background_handle``."""
-        if self.debug_mode:
-            sink = _debug_sink(sink)
-        runner = Runner(self.steps, state, run_input, store=state.store, sink=sink)
+        runner = self._make_runner(state, run_input, state.store, sink)
         runner.drop_chunks()  # a worker of the pool drives it, and drops what it is handed
         return runner
 
