@@ -80,6 +80,15 @@ class _Kept(MemoryStore):
         self.times, self.contents = array("d"), []
 
 
+def _tokens_db(path: Path) -> sqlite3.Connection:
+    """A bare sqlite3 file with one table of token rows, set up as ``SqliteStore`` sets up its own."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("CREATE TABLE IF NOT EXISTS tokens (times BLOB, data TEXT)")
+    return conn
+
+
 class _Writer(_Kept):
     """The floor of an in-process recording store: the run's thread keeps each token (two appends); a
     writer thread inserts what was kept every 20 ms (one ``json.dumps``, one bare sqlite3 insert, committed);
@@ -87,10 +96,7 @@ class _Writer(_Kept):
 
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS tokens (times BLOB, data TEXT)")
+        self.conn = _tokens_db(path)
         self.lock = threading.Lock()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -102,17 +108,17 @@ class _Writer(_Kept):
 
     def _write(self) -> None:
         with self.lock:  # taken by the writer and by run_ended, never by the run's appends
+            # The run's thread only appends (times first): take the prefix both columns have, as SqliteStore does.
             times, contents = self.times, self.contents
-            self.times, self.contents = array("d"), []  # the run's thread appends to the new ones
-            count = min(len(times), len(contents))  # an append caught between the two swaps waits for the next
+            count = min(len(times), len(contents))
             if count:
-                self.times.extend(times[count:])
-                self.contents.extend(contents[count:])
-                self.conn.execute("INSERT INTO tokens VALUES (?, ?)", (times[:count].tobytes(), json.dumps(contents)))
+                rows = (times[:count].tobytes(), json.dumps(contents[:count]))
+                del times[:count], contents[:count]
+                self.conn.execute("INSERT INTO tokens VALUES (?, ?)", rows)
 
     def run_ended(self, info: RunInfo) -> None:
         self._write()
-        MemoryStore.run_ended(self, info)
+        super().run_ended(info)
 
     def close(self) -> None:
         self.stopped.set()
@@ -120,30 +126,17 @@ class _Writer(_Kept):
         self.conn.close()
 
 
-class _Bare(MemoryStore):
+class _Bare(_Kept):
     """The floor of recording tokens in process: two appends per token on the run's thread, nothing else;
     at the run's end one ``json.dumps`` and one bare sqlite3 insert of both columns."""
 
-    records_events = True
-
     def __init__(self, path: Path) -> None:
         super().__init__()
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS tokens (times BLOB, data TEXT)")
-        self.times = array("d")
-        self.contents: list[str] = []
-
-    def append(self, event: object) -> None:
-        if type(event) is RunContentEvent:
-            self.times.append(event.created_at)
-            self.contents.append(event.content)
+        self.conn = _tokens_db(path)
 
     def run_ended(self, info: RunInfo) -> None:
-        super().run_ended(info)
         self.conn.execute("INSERT INTO tokens VALUES (?, ?)", (self.times.tobytes(), json.dumps(self.contents)))
-        self.times, self.contents = array("d"), []
+        super().run_ended(info)
 
     def close(self) -> None:
         super().close()
