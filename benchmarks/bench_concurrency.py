@@ -27,7 +27,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from threadflow import RunStatus, Step, StepInput, Workflow, cancel_run
 from threadflow._fastevents import make_exact, template
@@ -83,39 +83,24 @@ def _timed(threads: list[threading.Thread]) -> float:
 
 def floor_background(streams: int, chunks: int) -> float:
     """Bare producer threads, each handing its chunks to its own consumer thread: chunks/s delivered."""
-    counts = [0] * streams
-    done = object()
-
-    def producer(q: queue.SimpleQueue[object]) -> None:
-        for chunk in paced(chunks)(None):
-            q.put(chunk)
-        q.put(done)
-
-    def consumer(i: int, q: queue.SimpleQueue[object]) -> None:
-        n = 0
-        while q.get() is not done:
-            n += 1
-        counts[i] = n
-
-    threads = []
-    for i in range(streams):
-        q: queue.SimpleQueue[object] = queue.SimpleQueue()
-        threads += [threading.Thread(target=producer, args=(q,)), threading.Thread(target=consumer, args=(i, q))]
-    wall = _timed(threads)
-    assert sum(counts) == streams * chunks
-    return sum(counts) / wall
+    return _bare_background(streams, chunks, lambda: paced(chunks)(None), keep=False)
 
 
 def floor_background_events(streams: int, chunks: int) -> float:
     """``floor_background``, the producer building each chunk's event and keeping it (as a handle's log does)."""
+    return _bare_background(streams, chunks, lambda: building_events(chunks), keep=True)
+
+
+def _bare_background(streams: int, chunks: int, items: Callable[[], Iterable[object]], *, keep: bool) -> float:
     counts = [0] * streams
     done = object()
 
     def producer(q: queue.SimpleQueue[object]) -> None:
         log = []
-        for event in building_events(chunks):
-            log.append(event)
-            q.put(event)
+        for item in items():
+            if keep:
+                log.append(item)
+            q.put(item)
         q.put(done)
 
     def consumer(i: int, q: queue.SimpleQueue[object]) -> None:
@@ -152,26 +137,20 @@ def ours_background(wf: Workflow, streams: int, chunks: int) -> float:
 
 def floor_streamed(streams: int, chunks: int) -> float:
     """Bare threads each iterating the step's generator: chunks/s delivered."""
-    counts = [0] * streams
-
-    def consumer(i: int) -> None:
-        n = 0
-        for _ in paced(chunks)(None):
-            n += 1
-        counts[i] = n
-
-    wall = _timed([threading.Thread(target=consumer, args=(i,)) for i in range(streams)])
-    assert sum(counts) == streams * chunks
-    return sum(counts) / wall
+    return _bare_streamed(streams, chunks, lambda: paced(chunks)(None))
 
 
 def floor_streamed_events(streams: int, chunks: int) -> float:
     """``floor_streamed``, the generator building each chunk's event."""
+    return _bare_streamed(streams, chunks, lambda: building_events(chunks))
+
+
+def _bare_streamed(streams: int, chunks: int, items: Callable[[], Iterable[object]]) -> float:
     counts = [0] * streams
 
     def consumer(i: int) -> None:
         n = 0
-        for _ in building_events(chunks):
+        for _ in items():
             n += 1
         counts[i] = n
 
