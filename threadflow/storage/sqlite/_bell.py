@@ -29,8 +29,8 @@ import os
 from pathlib import Path
 from typing import Final
 
-from ._liveness import RunOwner, this_process
-from ._nudges import CAN_NUDGE
+from ._liveness import RunOwner, pid_alive
+from ._nudges import CAN_NUDGE, reachable
 
 __all__ = ["Bell", "open_bell", "ring"]
 
@@ -91,24 +91,14 @@ def _remove_stale() -> None:
     with contextlib.suppress(OSError):
         for path in _DIRECTORY.glob("threadflow-cancel-*-*"):
             pid = path.name.split("-")[2]
-            if pid.isdigit() and path.lstat().st_uid == os.getuid() and not _alive(int(pid)):
+            if pid.isdigit() and path.lstat().st_uid == os.getuid() and not pid_alive(int(pid)):
                 with contextlib.suppress(OSError):
                     path.unlink()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True  # it exists (another user's, say): presumed alive
-    return True
-
-
 def ring(owner: RunOwner) -> None:
     """Set the bell of ``owner`` if it runs on this host and has one; never raises or blocks."""
-    if not CAN_NUDGE or not owner.inbox or owner.host != this_process().host:
+    if not reachable(owner):
         return
     try:
         fd = os.open(_bell_path(owner.pid, owner.inbox), os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK)

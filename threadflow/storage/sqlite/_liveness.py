@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-__all__ = ["RunOwner", "dead_owner_keys", "owner_alive", "start_identity", "this_process"]
+__all__ = ["RunOwner", "dead_owner_keys", "owner_alive", "pid_alive", "start_identity", "this_process"]
 
 
 class RunOwner(NamedTuple):
@@ -129,10 +129,11 @@ def owner_alive(owner: RunOwner) -> bool:
         if state == "running" and identity and owner.start:
             return identity == owner.start
     # No /proc entry may only mean that we may not see it (hidepid): ask the kernel.
-    return _signal_alive(owner.pid)
+    return pid_alive(owner.pid)
 
 
-def _signal_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists, as the kernel answers ``kill(pid, 0)`` (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 from ._liveness import RunOwner, this_process
 
-__all__ = ["CAN_NUDGE", "Nudge", "nudge", "open_inbox", "wait_for_nudge"]
+__all__ = ["CAN_NUDGE", "Nudge", "nudge", "open_inbox", "reachable", "wait_for_nudge"]
 
 CAN_NUDGE = sys.platform.startswith("linux") and hasattr(socket, "SO_PASSCRED")
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -99,9 +99,14 @@ def _trusted(level: int, kind: int, data: bytes) -> bool:
     return uid in (os.getuid(), 0)
 
 
+def reachable(owner: RunOwner) -> bool:
+    """Whether ``owner``'s watcher can be reached here: it runs on this host and listens (has an inbox)."""
+    return CAN_NUDGE and bool(owner.inbox) and owner.host == this_process().host
+
+
 def nudge(owner: RunOwner, request: Nudge) -> None:
     """Send ``request`` to the watcher of ``owner`` if it runs on this host and listens; never raises or blocks."""
-    if not CAN_NUDGE or not owner.inbox or owner.host != this_process().host:
+    if not reachable(owner):
         return
     data = json.dumps(list(request)).encode()
     if len(data) > _MAX_NUDGE:
