@@ -346,7 +346,7 @@ def test_a_ring_for_a_run_of_another_store_is_answered_by_the_thread_that_heard_
 
     The watcher's looks are off and no datagram is sent: only a run thread that hears the bell can answer.
     """
-    monkeypatch.setattr(type(WATCHER), "_look", staticmethod(lambda store: None))
+    monkeypatch.setattr(type(WATCHER), "_round", lambda self: 0.05)  # the watcher looks nowhere
     gate = threading.Event()
     with SqliteStore(tmp_path / "a.db") as paced_store, SqliteStore(tmp_path / "b.db") as busy_store:
         waiting = Step("wait", executor=lambda si: get_context().wait(gate, timeout=WAIT * 3))

@@ -259,7 +259,7 @@ class _CancelWatcher:
             stores = list(self._stores)
             finished = [store for store in stores if not store._has_active()]
         for store in stores:  # a store whose runs have all ended gets one last look, then is dropped
-            self._look(store)
+            self.look(store)
         with self._lock:
             self._stores.difference_update(s for s in finished if not s._has_active())
             if not self._stores:
@@ -295,7 +295,8 @@ class _CancelWatcher:
             inbox[0].close()
 
     @staticmethod
-    def _look(store: SqliteStore) -> None:
+    def look(store: SqliteStore) -> None:
+        """Answer ``store``'s pending requests for this process's runs; a failure is logged, never raised."""
         try:
             store._answer_pending()
         except Exception:

@@ -179,11 +179,9 @@ class SqliteStore(QueueSide):
         if bell is not None and bell.rung():
             # The bell is the process's, not this store's: a request for a run of another store rang it too,
             # and this look cleared it for them all.
+            # A failing look is logged, never the run's problem: the watcher's nudge and poll still answer.
             for store in [self, *(other for other in WATCHER.stores() if other is not self)]:
-                try:
-                    store._answer_pending()
-                except Exception:  # never the run's problem: the watcher's nudge and poll still answer
-                    logger.exception("threadflow: looking for cancel requests in %s failed", store.path)
+                WATCHER.look(store)
 
     def run_ended(self, info: RunInfo) -> None:
         """Write the final record; on return it and every event before it are committed.
