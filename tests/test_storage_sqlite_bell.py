@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_storage_sqlite import answer, ask_as_another_process
 
 from threadflow import CancelCause, Parallel, RunInfo, RunStatus, Step, StepInput, Workflow, get_context
 from threadflow.events import RunContentEvent
@@ -31,30 +32,6 @@ linux_only = pytest.mark.skipif(
 def store(tmp_path: Path) -> Iterator[SqliteStore]:
     with SqliteStore(tmp_path / "runs.db") as opened:
         yield opened
-
-
-def ask_as_another_process(db: Path, run_id: str, reason: str) -> int:
-    """Write a cancel request addressed to this process, as ``threadflow runs cancel`` in another one would."""
-    me = this_process()
-    with sqlite3.connect(db) as conn:
-        cursor = conn.execute(
-            "INSERT INTO cancel_requests"
-            " (run_id, reason, owner_host, owner_pid, owner_start, owner_ns, state, requested_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'pending', 0)",
-            (run_id, reason, me.host, me.pid, me.start, me.ns),
-        )
-    conn.close()
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
-
-
-def answer(db: Path, request_id: int) -> str:
-    conn = sqlite3.connect(db)
-    try:
-        (state,) = conn.execute("SELECT state FROM cancel_requests WHERE id = ?", (request_id,)).fetchone()
-    finally:
-        conn.close()
-    return str(state)
 
 
 class FlatOut:
