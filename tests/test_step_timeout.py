@@ -15,26 +15,12 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import WAIT, names
+from test_timeouts import BUDGET, spin, spin_until_cancelled
 
 from threadflow import Agent, CancelCause, CancellationError, RunStatus, Step, StepInput, Workflow, get_context
 from threadflow.events import RunCancelledEvent, StepRetryingEvent, WorkflowCancelledEvent
 from threadflow.output import WorkflowRunOutput
 from threadflow.testing import check_run_events
-
-BUDGET = 0.3
-
-
-def spin_until_cancelled(seconds: float = WAIT) -> str:
-    """Busy work with checkpoints and no waiting; returns only if nothing cancels it in time."""
-    ctx = get_context()
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        ctx.check_cancellation()
-    return "not cancelled"
-
-
-def spin(si: StepInput) -> str:
-    return spin_until_cancelled()
 
 
 def quick(si: StepInput) -> str:
