@@ -62,6 +62,15 @@ def _steps_id(steps: Sequence[Step]) -> str:
 _IGNORED_RUN_CREATED = MemoryStore.run_created
 
 
+def records_at_start(store: RunStore) -> bool:
+    """Whether starting a run writes to ``store`` (it records new runs), which may do I/O and wait.
+
+    A ``MemoryStore`` answers for active runs from the registry and records
+    nothing until a run ends, so a run on it starts without touching it.
+    """
+    return type(store).run_created is not _IGNORED_RUN_CREATED
+
+
 def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEvent], None]:
     """debug_mode: log every event (as its JSON) at DEBUG on the ``threadflow.events`` logger."""
 
@@ -226,7 +235,7 @@ class Workflow:
         try:
             REGISTRY.add(state)
             # A queued run a Worker claimed has its record already; a MemoryStore ignores it (don't build it).
-            if create and type(store).run_created is not _IGNORED_RUN_CREATED:
+            if create and records_at_start(store):
                 store.run_created(state.info())
         except BaseException:
             REGISTRY.remove(state)
