@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from starlette.routing import Route
 
 from .. import DuplicateRunError, RunHandle, RunInfo, RunStatus, Workflow, __version__
 from ..storage import RunStore
@@ -107,6 +108,8 @@ class _Api:
         add(f"{run}/events", self.run_events, methods=["GET"], responses=events, response_class=answers.EventStreamDoc)
         cancelled = answers.route_docs(400, 404, 409, 413, 422, ok=answers.CANCELLED)
         add(f"{run}/cancel", self.cancel_run, methods=["POST"], openapi_extra=cancel_body, **_ok(cancelled))
+        _served_directly(app, "/workflows/{workflow_id}/runs", self.start_run)
+        _served_directly(app, f"{run}/cancel", self.cancel_run)
 
     async def list_workflows(self) -> Response:
         """The served workflows: ``[{id, name, description, steps}]``."""
@@ -240,6 +243,24 @@ def _cancel_here(workflow: Workflow, run_id: str, reason: str | None) -> bool:
     except (SystemExit, KeyboardInterrupt):
         logger.warning("threadflow: an on_cancel callback of run %s raised SystemExit/KeyboardInterrupt", run_id)
         return True
+
+
+def _served_directly(app: FastAPI, path: str, handler: Callable[..., Awaitable[Response]]) -> None:
+    """Answer ``POST path`` with ``handler(**path_params, request=request)``, as a plain Starlette route.
+
+    The route FastAPI made for ``handler`` documents it in the OpenAPI
+    schema; this one, put first, answers. Both handlers read the request
+    themselves, so FastAPI's per-request work (solving their parameters from
+    their annotations) is skipped: measured, it was a fifth of the event
+    loop's time to start a stream, which is what bounds how fast a server
+    answers a crowd of clients starting runs at once. The app's middleware
+    and exception handlers apply as to any route.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        return await handler(**request.path_params, request=request)
+
+    app.router.routes.insert(0, Route(path, endpoint, methods=["POST"], include_in_schema=False))
 
 
 def _ok(responses: dict[int | str, dict[str, Any]]) -> dict[str, Any]:
