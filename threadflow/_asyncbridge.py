@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from ._runlog import EventLog
 from .events import Event
 
-__all__ = ["follow", "until_done"]
+__all__ = ["follow", "loop_waker", "until_done"]
 
 
 class _Finishing(Protocol):
@@ -84,7 +84,8 @@ _wakers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker] = weak
 _wakers_lock = threading.Lock()
 
 
-def _waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+def loop_waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
+    """The waker shared by everything on ``loop`` that is woken from runs' threads."""
     with _wakers_lock:
         waker = _wakers.get(loop)
         if waker is None:
@@ -101,7 +102,7 @@ async def follow(log: EventLog, after_seq: int) -> AsyncGenerator[Event, None]:
     one ``call_soon_threadsafe`` per turn, see ``_LoopWaker``). Events
     already in the log are yielded without a pause, so a reader can batch them.
     """
-    waker = _waker(asyncio.get_running_loop())
+    waker = loop_waker(asyncio.get_running_loop())
     ready = asyncio.Event()
     scheduled = False
 

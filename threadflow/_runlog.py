@@ -64,6 +64,13 @@ class EventLog:
                 listeners.remove(listener)
                 self._listeners = tuple(listeners)
 
+    def __len__(self) -> int:
+        return len(self._events)
+
+    def batch(self, start: int, limit: int) -> list[BaseEvent]:
+        """The events logged so far from index ``start`` (the events after seq ``start``), at most ``limit``."""
+        return self._events[start : start + limit]
+
     def since(self, after_seq: int) -> list[BaseEvent]:
         """The events with ``seq > after_seq`` logged so far."""
         return self._events[after_seq:]

@@ -20,7 +20,7 @@ from . import _responses as answers
 from ._auth import Auth, api_key_or_env
 from ._capacity import on_control_thread
 from ._dashboard import add_dashboard
-from ._feeds import Feed, batched, poll_store
+from ._feeds import Feed, log_batches, poll_store
 from ._listing import Listing
 from ._models import DEFAULT_MAX_BODY_BYTES, CancelRunRequest, StartRunRequest, body_doc, read_body
 from ._responses import JSONAnswer, error
@@ -130,7 +130,7 @@ class _Api:
         headers = {RUN_ID_HEADER: quote(handle.run_id, safe=""), "Location": location}
         if body.stream:
             feed = Feed()
-            return EventStreamResponse(batched(handle.aevents(), feed), feed, owns=handle, headers=headers)
+            return EventStreamResponse(log_batches(handle._log_now(), 0, feed), feed, owns=handle, headers=headers)
         started = {"run_id": handle.run_id, "workflow_id": handle.workflow_id, "status": handle.status.value}
         return JSONAnswer(started, status_code=202, headers=headers)
 
@@ -161,7 +161,7 @@ class _Api:
         feed = Feed()
         handle = self.recent.get(workflow, run_id)
         if handle is not None:
-            return EventStreamResponse(batched(handle.aevents(after_seq), feed), feed, owns=None, headers={})
+            return EventStreamResponse(log_batches(handle._log_now(), after_seq, feed), feed, owns=None, headers={})
         store, info = await on_control_thread(self._event_store, workflow, run_id)
         if store is None:
             if info is None:

@@ -8,28 +8,26 @@ stop: it then raises ``Stopped`` so that the stream can end cleanly.
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import threading
 import time
-import types
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator
-from typing import Any
+from collections.abc import AsyncIterator
 
 import anyio
 from starlette.concurrency import run_in_threadpool
 
 from .. import get_run
-from ..events import BaseEvent, Event
+from .._asyncbridge import loop_waker
+from .._runlog import EventLog
+from ..events import BaseEvent
 from ..storage import RunStore
 
-__all__ = ["OPEN_FEEDS", "Feed", "Stopped", "batched", "poll_store"]
+__all__ = ["OPEN_FEEDS", "Feed", "Stopped", "log_batches", "poll_store"]
 
 _STORE_POLL_SECONDS = 0.05
-_MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see batched)
+_MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see log_batches)
 # While events trickle in, a stream sends at most once per this many seconds for each stream open on its
-# loop, and at most once per _MAX_SEND_GAP_SECONDS (see batched): 200 streams send 10 times a second each.
+# loop, and at most once per _MAX_SEND_GAP_SECONDS (see log_batches): 200 streams send 10 times a second each.
 _SEND_GAP_PER_STREAM = 0.0005
 _MAX_SEND_GAP_SECONDS = 0.1
 # How long a run that has ended here may take to be recorded as ended in its store.
@@ -46,10 +44,15 @@ class Feed:
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._event = asyncio.Event()
+        self._waker = loop_waker(self.loop)
         self.stopping = False
 
     def wake(self) -> None:
         self._event.set()
+
+    def wake_soon(self) -> None:
+        """``wake()`` from any thread (one ``call_soon_threadsafe`` per loop turn for every feed of the loop)."""
+        self._waker.wake(self._event)
 
     def stop(self) -> None:
         self.stopping = True
@@ -100,12 +103,16 @@ class _OpenFeeds:
 OPEN_FEEDS = _OpenFeeds()
 
 
-async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[list[BaseEvent]]:
-    """``events`` gathered into batches: what has arrived each time the stream looks, at most ``_MAX_BATCH``.
+async def log_batches(log: EventLog, after_seq: int, feed: Feed) -> AsyncIterator[list[BaseEvent]]:
+    """The run's logged events after ``after_seq`` in batches, then the live ones, through the terminal event.
 
-    A pump task reads ``events`` (which yields what is logged without
-    suspending, so a burst becomes one batch). Raises ``Stopped`` once
-    ``feed`` is stopped, after the batch already gathered.
+    A batch is what the log holds when the stream looks, at most
+    ``_MAX_BATCH``. Raises ``Stopped`` once ``feed`` is stopped, after one
+    more batch of what is already logged.
+
+    The stream reads the log itself, from the request's task: the events
+    already logged (the run's start, often its first token) are the first
+    batch, in the same turn of the event loop as the response's headers.
 
     The bound keeps every step of the event loop short: a run that has
     raced ahead of its client (a backlog of thousands of events) is sent a
@@ -113,134 +120,104 @@ async def batched(events: AsyncIterator[Event], feed: Feed) -> AsyncIterator[lis
     loop must notice, are not held up behind one huge send.
 
     Events that trickle in (a token every few ms) are gathered for a gap
-    that grows with the streams open on the loop (see ``_held_back``): each
-    send costs the loop a system call, which gives the GIL away to the
-    runs' threads, and with hundreds of streams each sending every token,
-    every turn of the loop grew long enough to hold up the requests
-    waiting on it (a cancel, a new stream). An event after a quiet spell,
-    the terminal event, and a full batch go out at once.
+    that grows with the streams open on the loop: each send costs the loop
+    a system call, which gives the GIL away to the runs' threads, and with
+    hundreds of streams each sending every token, every turn of the loop
+    grew long enough to hold up the requests waiting on it (a cancel, a new
+    stream). An event after a quiet spell, the terminal event, and a full
+    batch go out at once. While the stream gathers, the events appended cost
+    the loop nothing: the run's thread wakes the stream only for the
+    terminal event or a full batch (see ``_Watch``).
     """
-    pending: list[BaseEvent] = []
-    ended: list[BaseException | None] = []
-    room = asyncio.Event()
-
-    async def pump() -> None:
-        try:
-            async for event in events:
-                pending.append(event)
-                if len(pending) == 1 or event.terminal or len(pending) >= _MAX_BATCH:
-                    feed.wake()  # not for every event: the stream looks again when its gap has passed
-                if len(pending) >= _MAX_BATCH:
-                    room.clear()
-                    await room.wait()
-        except Exception as error:  # noqa: BLE001 — not handled here: handed to the stream, which raises it
-            ended.append(error)
-        else:
-            ended.append(None)
-        feed.wake()
-
-    task = _started_now(feed.loop, pump())  # the events logged already go out in the first send, this turn
+    watch = _Watch(log, feed, after_seq)
+    log.add_listener(watch.appended)
     sent_at = -_MAX_SEND_GAP_SECONDS
     try:
         while True:
-            await _held_back(feed, pending, ended, sent_at)
             feed.reset()
-            batch = pending[:_MAX_BATCH]
-            del pending[:_MAX_BATCH]
-            room.set()
-            if batch:
+            done = log.done  # read before the length: once done, every event is in the log
+            ready = len(log) - watch.cursor
+            if 0 < ready < _MAX_BATCH and not done and not feed.stopping:
+                wait = sent_at + _gap(feed) - feed.loop.time()
+                if wait > 0:
+                    await watch.wait(_URGENT, wait)
+                    continue
+            if ready > 0:
+                batch = log.batch(watch.cursor, _MAX_BATCH)
+                watch.cursor += len(batch)
                 yield batch
                 sent_at = feed.loop.time()
-            if ended and not pending:
-                if ended[0] is not None:
-                    raise ended[0]
+                if batch[-1].terminal:
+                    return
+            elif done:
                 return
             if feed.stopping:
                 raise Stopped
-            if pending:
+            if len(log) > watch.cursor:
                 await asyncio.sleep(0)  # a turn of the loop for the other streams before the next batch
             else:
-                await feed.wait()
+                await watch.wait(_ANY)
     finally:
-        if task is not None:
-            task.cancel()  # closes ``events`` (its finally runs in the pump task)
+        log.remove_listener(watch.appended)
 
 
-def _started_now(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
-    """Run ``coro`` up to its first wait here and now, and the rest as a task (None if it did not wait).
+def _gap(feed: Feed) -> float:
+    """How long a stream gathers trickling events: ``_SEND_GAP_PER_STREAM`` per stream open on its loop, at most
+    ``_MAX_SEND_GAP_SECONDS``."""
+    return min(_MAX_SEND_GAP_SECONDS, _SEND_GAP_PER_STREAM * OPEN_FEEDS.count(feed.loop))
 
-    A task created the plain way starts on the loop's next turn, and under load
-    a turn of the loop is long (~100 ms with 200 busy streams): a stream's
-    pump started that way would leave the events already logged (the run's
-    start, often its first token) for a later turn than the response itself.
+
+_ANY = 1  # the stream waits for the next event
+_URGENT = 2  # the stream gathers events: it waits for the terminal event or a full batch only
+
+
+class _Watch:
+    """A stream's listener on its run's log: on the run's thread, wakes the stream only when it waits for what came.
+
+    ``want`` says what the stream waits for; the stream sets it (on the
+    loop) before it waits, and whichever side ends the wait clears it. The
+    stream sets ``want``, *then* looks at the log once more before it
+    waits; the run's thread appends, *then* reads ``want``: so either the
+    run's thread sees what the stream waits for, or the stream sees the
+    event (the order ``EventLog`` relies on too). A wake-up that comes late
+    costs the stream one more look, nothing else.
     """
-    try:
-        waiting_on = coro.send(None)
-    except StopIteration:
-        return None
 
-    async def rest() -> None:
-        await _resumed(coro, waiting_on)
+    __slots__ = ("cursor", "feed", "log", "want")
 
-    task = loop.create_task(rest())
-    task.add_done_callback(lambda _: _cancel_unstarted(coro))
-    return task
+    def __init__(self, log: EventLog, feed: Feed, cursor: int) -> None:
+        self.log = log
+        self.feed = feed
+        self.cursor = cursor  # the index (= seq) of the last event sent; read by the run's thread, racily
+        self.want = 0
 
+    def _came(self, want: int) -> bool:
+        log = self.log
+        if want == _ANY:
+            return len(log) > self.cursor or log.done
+        return log.done or len(log) - self.cursor >= _MAX_BATCH
 
-def _cancel_unstarted(coro: Coroutine[Any, Any, None]) -> None:
-    """Throw the cancel into ``coro`` if its task was cancelled before it ran, so that its ``finally`` blocks run.
+    def appended(self) -> None:
+        """After every append, on the run's thread."""
+        want = self.want
+        if want and self._came(want):
+            self.want = 0
+            self.feed.wake_soon()
 
-    (``close()`` would not reach an async generator it awaits: that one would
-    be left running for ever.) Once its task has run, ``coro`` has ended.
-    """
-    if inspect.getcoroutinestate(coro) != inspect.CORO_SUSPENDED:
-        return
-    try:
-        coro.throw(asyncio.CancelledError())
-    except (asyncio.CancelledError, StopIteration):
-        return
-    coro.close()  # it waited again after the cancel: nothing more can be done for it
-
-
-@types.coroutine
-def _resumed(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, Any, None]:
-    """Carry on ``coro``, stepped by hand until it waited on ``waiting_on``, as ``await`` would.
-
-    What it waits on goes up to the task; what the task sends or throws in
-    (a cancel) goes down to ``coro`` — ``yield from`` for a coroutine already begun.
-    """
-    while True:
+    async def wait(self, want: int, timeout: float | None = None) -> None:
+        """Until what ``want`` names has come (or ``timeout`` seconds have passed, or the feed was woken)."""
+        self.want = want
         try:
-            sent = yield waiting_on
-        except BaseException as thrown:  # noqa: BLE001 — not handled: handed on to the coroutine
-            step: Callable[[], Any] = functools.partial(coro.throw, thrown)
-        else:
-            step = functools.partial(coro.send, sent)
-        try:
-            waiting_on = step()
-        except StopIteration:
-            return
-
-
-async def _held_back(feed: Feed, pending: list[BaseEvent], ended: list[BaseException | None], sent_at: float) -> None:
-    """Wait until a gap after the last send has passed, unless what is pending must go out now.
-
-    The gap is ``_SEND_GAP_PER_STREAM`` for each stream open on the loop, at
-    most ``_MAX_SEND_GAP_SECONDS``: a few streams send at once, hundreds
-    share the loop's sends. Woken early (by the pump) for the terminal event
-    and a full batch, and by the feed's stop; a stream that has ended or
-    holds nothing does not wait.
-    """
-    gap = min(_MAX_SEND_GAP_SECONDS, _SEND_GAP_PER_STREAM * OPEN_FEEDS.count(feed.loop))
-    wait = sent_at + gap - feed.loop.time()
-    if wait <= 0 or not pending or ended or feed.stopping or pending[-1].terminal or len(pending) >= _MAX_BATCH:
-        return
-    feed.reset()
-    timer = feed.loop.call_later(wait, feed.wake)
-    try:
-        await feed.wait()
-    finally:
-        timer.cancel()
+            if self._came(want) or self.feed.stopping:
+                return
+            timer = None if timeout is None else self.feed.loop.call_later(timeout, self.feed.wake)
+            try:
+                await self.feed.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        finally:
+            self.want = 0
 
 
 async def poll_store(store: RunStore, run_id: str, after_seq: int, feed: Feed) -> AsyncIterator[list[BaseEvent]]:
