@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable
@@ -18,7 +19,7 @@ from typing import Any, Protocol
 from ._runlog import EventLog
 from .events import Event
 
-__all__ = ["follow", "loop_waker", "until_done"]
+__all__ = ["follow", "follow_batches", "until_done"]
 
 
 class _Finishing(Protocol):
@@ -131,3 +132,106 @@ async def follow(log: EventLog, after_seq: int) -> AsyncGenerator[Event, None]:
                 await ready.wait()
     finally:
         log.remove_listener(wake)
+
+
+async def follow_batches(
+    log: EventLog, after_seq: int, limit: int, gather: Callable[[], float] | None, wake: asyncio.Event | None
+) -> AsyncGenerator[list[Event], None]:
+    """``follow`` in batches: at each look, what the log holds, at most ``limit``; see ``RunHandle.abatches``.
+
+    While the consumer gathers (``gather()`` seconds after a batch), the
+    run's appends cost the loop nothing: the run's thread wakes the
+    consumer only for the terminal event or a full batch (see ``_Watch``).
+    """
+    loop = asyncio.get_running_loop()
+    watch = _Watch(log, limit, wake if wake is not None else asyncio.Event(), loop_waker(loop))
+    watch.cursor = after_seq
+    log.add_listener(watch.appended)
+    sent_at = -math.inf
+    try:
+        while True:
+            watch.ready.clear()
+            done = log.done  # read before the length: once done, every event is in the log
+            pending = len(log) - watch.cursor
+            if 0 < pending < limit and not done and gather is not None:
+                wait = sent_at + gather() - loop.time()
+                if wait > 0:
+                    if await watch.wait(_URGENT, loop, wait):
+                        yield []  # woken from outside: the consumer looks at what it must
+                    continue
+            if pending > 0:
+                batch = log.batch(watch.cursor, limit)
+                watch.cursor += len(batch)
+                yield batch  # type: ignore[misc]  # the runner logs only Event members
+                sent_at = loop.time()
+                if batch[-1].terminal:
+                    return
+            elif done:
+                return
+            if len(log) > watch.cursor:
+                await asyncio.sleep(0)  # a turn of the loop for the other consumers before the next batch
+            elif await watch.wait(_ANY, loop):
+                yield []
+    finally:
+        log.remove_listener(watch.appended)
+
+
+_ANY = 1  # the consumer waits for the next event
+_URGENT = 2  # the consumer gathers events: it waits for the terminal event or a full batch only
+
+
+class _Watch:
+    """A consumer's listener on a run's log: on the run's thread, wakes the consumer only when it waits for what came.
+
+    ``want`` says what the consumer waits for; the consumer sets it (on its
+    loop) before it waits, and whichever side ends the wait clears it. The
+    consumer sets ``want``, *then* looks at the log once more before it
+    waits; the run's thread appends, *then* reads ``want``: so either the
+    run's thread sees what the consumer waits for, or the consumer sees the
+    event (the order ``EventLog`` relies on too). A wake-up that comes late
+    costs one more look, nothing else.
+    """
+
+    __slots__ = ("cursor", "expired", "limit", "log", "ready", "waker", "want")
+
+    def __init__(self, log: EventLog, limit: int, ready: asyncio.Event, waker: _LoopWaker) -> None:
+        self.log = log
+        self.limit = limit
+        self.ready = ready  # set through the waker by the run's thread, by the timer, or by the consumer's code
+        self.waker = waker
+        self.cursor = 0  # the index (= seq) of the last event taken; read by the run's thread, racily
+        self.want = 0
+        self.expired = False
+
+    def _came(self, want: int) -> bool:
+        log = self.log
+        if want == _ANY:
+            return len(log) > self.cursor or log.done
+        return log.done or len(log) - self.cursor >= self.limit
+
+    def appended(self) -> None:
+        """After every append, on the run's thread."""
+        want = self.want
+        if want and self._came(want):
+            self.want = 0
+            self.waker.wake(self.ready)
+
+    async def wait(self, want: int, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> bool:
+        """Until what ``want`` names came, or ``timeout`` seconds passed; True if neither: woken from outside."""
+        self.want, self.expired = want, False
+        try:
+            if self._came(want):
+                return False
+            timer = None if timeout is None else loop.call_later(timeout, self._expire)
+            try:
+                await self.ready.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            return not (self.expired or self._came(want))
+        finally:
+            self.want = 0
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.ready.set()

@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ._abandon import unstarted_events
-from ._asyncbridge import follow, until_done
+from ._asyncbridge import follow, follow_batches, until_done
 from ._gcdefer import finish_soon
 from ._registry import REGISTRY, RunState
 from ._runlog import EventLog
@@ -361,6 +361,33 @@ class RunHandle:
         the terminal event. ``ValueError`` (at once) for a bad ``after_seq``.
         """
         return follow(self._log_now(), check_count("after_seq", after_seq))
+
+    def abatches(
+        self,
+        after_seq: int = 0,
+        *,
+        limit: int = 64,
+        gather: Callable[[], float] | None = None,
+        wake: asyncio.Event | None = None,
+    ) -> AsyncGenerator[list[Event], None]:
+        """``aevents()`` in batches, for code that forwards a run's events (an SSE or websocket server).
+
+        Each batch holds what the run has logged since the one before, at most
+        ``limit`` events; the first holds everything logged already, and comes
+        without a wait. ``gather``, if given, is asked after each batch how
+        many seconds to gather events that trickle in before the next one;
+        the terminal event and a full batch end the gathering at once, and
+        while it lasts the run's events cost the event loop nothing (the
+        run's thread wakes it only for those two). ``wake``: an
+        ``asyncio.Event`` of yours; setting it makes the iterator yield at
+        once, an empty batch if nothing new was logged. It is cleared at each
+        look, so check your own reason for setting it after every batch.
+        ``ValueError`` (at once) for a bad ``after_seq`` or ``limit``.
+        """
+        after_seq = check_count("after_seq", after_seq)
+        if check_count("limit", limit) == 0:
+            raise ValueError("limit must be at least 1")
+        return follow_batches(self._log_now(), after_seq, limit, gather, wake)
 
     def add_done_callback(self, fn: Callable[[RunHandle], object]) -> None:
         """Call ``fn(handle)`` once, when the run has ended.

@@ -26,7 +26,7 @@ from .status import CancelCause, RunInfo
 from .steps import Step, as_steps
 from .storage import RunStore
 from .storage._defaults import default_store, track_store
-from .storage.memory import MemoryStore
+from .storage.memory import records_run_starts
 
 __all__ = ["RunOptions", "Workflow"]
 
@@ -57,18 +57,6 @@ def _steps_id(steps: Sequence[Step]) -> str:
     digest = hashlib.sha256("\0".join(names).encode()).hexdigest()[:8]
     slug = _slug("-".join(names))[:40].strip("-")
     return f"{slug}-{digest}" if slug else f"workflow-{digest}"
-
-
-_IGNORED_RUN_CREATED = MemoryStore.run_created
-
-
-def records_at_start(store: RunStore) -> bool:
-    """Whether starting a run writes to ``store`` (it records new runs), which may do I/O and wait.
-
-    A ``MemoryStore`` answers for active runs from the registry and records
-    nothing until a run ends, so a run on it starts without touching it.
-    """
-    return type(store).run_created is not _IGNORED_RUN_CREATED
 
 
 def _debug_sink(inner: Callable[[BaseEvent], None] | None) -> Callable[[BaseEvent], None]:
@@ -235,7 +223,7 @@ class Workflow:
         try:
             REGISTRY.add(state)
             # A queued run a Worker claimed has its record already; a MemoryStore ignores it (don't build it).
-            if create and records_at_start(store):
+            if create and records_run_starts(store):
                 store.run_created(state.info())
         except BaseException:
             REGISTRY.remove(state)

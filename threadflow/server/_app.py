@@ -15,12 +15,12 @@ from starlette.routing import Route
 
 from .. import DuplicateRunError, RunHandle, RunInfo, RunStatus, Workflow, __version__
 from ..storage import RunStore
-from ..workflow import records_at_start
+from ..storage.memory import records_run_starts
 from . import _responses as answers
 from ._auth import Auth, api_key_or_env
 from ._capacity import on_control_thread
 from ._dashboard import add_dashboard
-from ._feeds import Feed, log_batches, poll_store
+from ._feeds import Feed, poll_store, run_batches
 from ._listing import Listing
 from ._models import DEFAULT_MAX_BODY_BYTES, CancelRunRequest, StartRunRequest, body_doc, read_body
 from ._responses import JSONAnswer, error
@@ -130,7 +130,7 @@ class _Api:
         headers = {RUN_ID_HEADER: quote(handle.run_id, safe=""), "Location": location}
         if body.stream:
             feed = Feed()
-            return EventStreamResponse(log_batches(handle._log_now(), 0, feed), feed, owns=handle, headers=headers)
+            return EventStreamResponse(run_batches(handle, 0, feed), feed, owns=handle, headers=headers)
         started = {"run_id": handle.run_id, "workflow_id": handle.workflow_id, "status": handle.status.value}
         return JSONAnswer(started, status_code=202, headers=headers)
 
@@ -161,7 +161,7 @@ class _Api:
         feed = Feed()
         handle = self.recent.get(workflow, run_id)
         if handle is not None:
-            return EventStreamResponse(log_batches(handle._log_now(), after_seq, feed), feed, owns=None, headers={})
+            return EventStreamResponse(run_batches(handle, after_seq, feed), feed, owns=None, headers={})
         store, info = await on_control_thread(self._event_store, workflow, run_id)
         if store is None:
             if info is None:
@@ -284,7 +284,7 @@ async def _started(workflow: Workflow, body: StartRunRequest) -> RunHandle:
     busy loop, and the p99 of the time to the first event was 1.5-2x that
     of starting on the loop.
     """
-    if records_at_start(workflow.store):
+    if records_run_starts(workflow.store):
         return await on_control_thread(_start, workflow, body)
     return _start(workflow, body)
 

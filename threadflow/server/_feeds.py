@@ -8,26 +8,26 @@ stop: it then raises ``Stopped`` so that the stream can end cleanly.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 from starlette.concurrency import run_in_threadpool
 
-from .. import get_run
-from .._asyncbridge import loop_waker
-from .._runlog import EventLog
-from ..events import BaseEvent
+from .. import RunHandle, get_run
+from ..events import BaseEvent, Event
 from ..storage import RunStore
 
-__all__ = ["OPEN_FEEDS", "Feed", "Stopped", "log_batches", "poll_store"]
+__all__ = ["OPEN_FEEDS", "Feed", "Stopped", "poll_store", "run_batches"]
 
 _STORE_POLL_SECONDS = 0.05
-_MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see log_batches)
+_MAX_BATCH = 64  # events per SSE send, and per step of the event loop (see run_batches)
 # While events trickle in, a stream sends at most once per this many seconds for each stream open on its
-# loop, and at most once per _MAX_SEND_GAP_SECONDS (see log_batches): 200 streams send 10 times a second each.
+# loop, and at most once per _MAX_SEND_GAP_SECONDS (see run_batches): 200 streams send 10 times a second each.
 _SEND_GAP_PER_STREAM = 0.0005
 _MAX_SEND_GAP_SECONDS = 0.1
 # How long a run that has ended here may take to be recorded as ended in its store.
@@ -43,28 +43,23 @@ class Feed:
 
     def __init__(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._event = asyncio.Event()
-        self._waker = loop_waker(self.loop)
+        self.event = asyncio.Event()  # set to wake the stream's task
         self.stopping = False
 
     def wake(self) -> None:
-        self._event.set()
-
-    def wake_soon(self) -> None:
-        """``wake()`` from any thread (one ``call_soon_threadsafe`` per loop turn for every feed of the loop)."""
-        self._waker.wake(self._event)
+        self.event.set()
 
     def stop(self) -> None:
         self.stopping = True
-        self._event.set()
+        self.event.set()
 
     def reset(self) -> None:
         """Call before looking; a wake-up from then on is not lost."""
         if not self.stopping:
-            self._event.clear()
+            self.event.clear()
 
     async def wait(self) -> None:
-        await self._event.wait()
+        await self.event.wait()
 
 
 class _OpenFeeds:
@@ -103,121 +98,37 @@ class _OpenFeeds:
 OPEN_FEEDS = _OpenFeeds()
 
 
-async def log_batches(log: EventLog, after_seq: int, feed: Feed) -> AsyncIterator[list[BaseEvent]]:
-    """The run's logged events after ``after_seq`` in batches, then the live ones, through the terminal event.
+async def run_batches(handle: RunHandle, after_seq: int, feed: Feed) -> AsyncIterator[Sequence[Event]]:
+    """The run's events after ``after_seq`` in batches, through the terminal event, from its handle.
 
-    A batch is what the log holds when the stream looks, at most
-    ``_MAX_BATCH``. Raises ``Stopped`` once ``feed`` is stopped, after one
-    more batch of what is already logged.
-
-    The stream reads the log itself, from the request's task: the events
-    already logged (the run's start, often its first token) are the first
-    batch, in the same turn of the event loop as the response's headers.
-
-    The bound keeps every step of the event loop short: a run that has
-    raced ahead of its client (a backlog of thousands of events) is sent a
-    batch per loop turn, so that the other streams, and the disconnects the
-    loop must notice, are not held up behind one huge send.
+    Raises ``Stopped`` once ``feed`` is stopped, after the batch in hand.
+    At most ``_MAX_BATCH`` events a batch: a run that has raced ahead of its
+    client (a backlog of thousands of events) is sent a batch per loop
+    turn, so that the other streams, and the disconnects the loop must
+    notice, are not held up behind one huge send.
 
     Events that trickle in (a token every few ms) are gathered for a gap
-    that grows with the streams open on the loop: each send costs the loop
-    a system call, which gives the GIL away to the runs' threads, and with
-    hundreds of streams each sending every token, every turn of the loop
-    grew long enough to hold up the requests waiting on it (a cancel, a new
-    stream). An event after a quiet spell, the terminal event, and a full
-    batch go out at once. While the stream gathers, the events appended cost
-    the loop nothing: the run's thread wakes the stream only for the
-    terminal event or a full batch (see ``_Watch``).
+    that grows with the streams open on the loop (``_gap``): each send costs
+    the loop a system call, which gives the GIL away to the runs' threads,
+    and with hundreds of streams each sending every token, every turn of
+    the loop grew long enough to hold up the requests waiting on it (a
+    cancel, a new stream). An event after a quiet spell, the terminal event,
+    and a full batch go out at once; while a stream gathers, its run's
+    events cost the loop nothing (``RunHandle.abatches``).
     """
-    watch = _Watch(log, feed, after_seq)
-    log.add_listener(watch.appended)
-    sent_at = -_MAX_SEND_GAP_SECONDS
-    try:
-        while True:
-            feed.reset()
-            done = log.done  # read before the length: once done, every event is in the log
-            ready = len(log) - watch.cursor
-            if 0 < ready < _MAX_BATCH and not done and not feed.stopping:
-                wait = sent_at + _gap(feed) - feed.loop.time()
-                if wait > 0:
-                    await watch.wait(_URGENT, wait)
-                    continue
-            if ready > 0:
-                batch = log.batch(watch.cursor, _MAX_BATCH)
-                watch.cursor += len(batch)
+    gap = functools.partial(_gap, feed.loop)
+    batches = handle.abatches(after_seq, limit=_MAX_BATCH, gather=gap, wake=feed.event)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            if batch:
                 yield batch
-                sent_at = feed.loop.time()
-                if batch[-1].terminal:
-                    return
-            elif done:
-                return
             if feed.stopping:
                 raise Stopped
-            if len(log) > watch.cursor:
-                await asyncio.sleep(0)  # a turn of the loop for the other streams before the next batch
-            else:
-                await watch.wait(_ANY)
-    finally:
-        log.remove_listener(watch.appended)
 
 
-def _gap(feed: Feed) -> float:
-    """How long a stream gathers trickling events: ``_SEND_GAP_PER_STREAM`` per stream open on its loop, at most
-    ``_MAX_SEND_GAP_SECONDS``."""
-    return min(_MAX_SEND_GAP_SECONDS, _SEND_GAP_PER_STREAM * OPEN_FEEDS.count(feed.loop))
-
-
-_ANY = 1  # the stream waits for the next event
-_URGENT = 2  # the stream gathers events: it waits for the terminal event or a full batch only
-
-
-class _Watch:
-    """A stream's listener on its run's log: on the run's thread, wakes the stream only when it waits for what came.
-
-    ``want`` says what the stream waits for; the stream sets it (on the
-    loop) before it waits, and whichever side ends the wait clears it. The
-    stream sets ``want``, *then* looks at the log once more before it
-    waits; the run's thread appends, *then* reads ``want``: so either the
-    run's thread sees what the stream waits for, or the stream sees the
-    event (the order ``EventLog`` relies on too). A wake-up that comes late
-    costs the stream one more look, nothing else.
-    """
-
-    __slots__ = ("cursor", "feed", "log", "want")
-
-    def __init__(self, log: EventLog, feed: Feed, cursor: int) -> None:
-        self.log = log
-        self.feed = feed
-        self.cursor = cursor  # the index (= seq) of the last event sent; read by the run's thread, racily
-        self.want = 0
-
-    def _came(self, want: int) -> bool:
-        log = self.log
-        if want == _ANY:
-            return len(log) > self.cursor or log.done
-        return log.done or len(log) - self.cursor >= _MAX_BATCH
-
-    def appended(self) -> None:
-        """After every append, on the run's thread."""
-        want = self.want
-        if want and self._came(want):
-            self.want = 0
-            self.feed.wake_soon()
-
-    async def wait(self, want: int, timeout: float | None = None) -> None:
-        """Until what ``want`` names has come (or ``timeout`` seconds have passed, or the feed was woken)."""
-        self.want = want
-        try:
-            if self._came(want) or self.feed.stopping:
-                return
-            timer = None if timeout is None else self.feed.loop.call_later(timeout, self.feed.wake)
-            try:
-                await self.feed.wait()
-            finally:
-                if timer is not None:
-                    timer.cancel()
-        finally:
-            self.want = 0
+def _gap(loop: asyncio.AbstractEventLoop) -> float:
+    """``_SEND_GAP_PER_STREAM`` for each stream open on ``loop``, at most ``_MAX_SEND_GAP_SECONDS``."""
+    return min(_MAX_SEND_GAP_SECONDS, _SEND_GAP_PER_STREAM * OPEN_FEEDS.count(loop))
 
 
 async def poll_store(store: RunStore, run_id: str, after_seq: int, feed: Feed) -> AsyncIterator[list[BaseEvent]]:

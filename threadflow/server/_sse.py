@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import anyio
 import anyio.to_thread
@@ -73,7 +73,7 @@ def _message(event: BaseEvent) -> str:
     return f"id: {event.seq}\ndata: {event_json(event)}\n\n"
 
 
-async def _chunks(batches: AsyncIterator[list[BaseEvent]]) -> AsyncIterator[bytes]:
+async def _chunks(batches: AsyncIterator[Sequence[BaseEvent]]) -> AsyncIterator[bytes]:
     """One SSE chunk per batch of events, so a fast run costs one send per batch, not per event.
 
     A feed stopped by the server's shutdown ends with one ``stream_interrupted`` message.
@@ -180,7 +180,7 @@ class EventStreamResponse(FeedResponse):
 
     def __init__(
         self,
-        batches: AsyncIterator[list[BaseEvent]],
+        batches: AsyncIterator[Sequence[BaseEvent]],
         feed: Feed,
         *,
         owns: RunHandle | None,

@@ -15,7 +15,7 @@ from .._validate import check_count
 from ..events import BaseEvent, Event
 from ..status import RunInfo, RunStatus
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "records_run_starts"]
 
 
 class _FinalRecord(Protocol):
@@ -103,3 +103,12 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._finished)
+
+
+def records_run_starts(store: object) -> bool:
+    """Whether starting a run writes to ``store`` (its ``run_created`` records something), which may wait on I/O.
+
+    A ``MemoryStore`` answers for active runs from the registry and records
+    nothing until a run ends; so does a store that keeps its ``run_created``.
+    """
+    return getattr(type(store), "run_created", None) is not MemoryStore.run_created
