@@ -58,7 +58,7 @@ def test_package_is_typed() -> None:
 LAYERS = [
     {"exceptions", "status", "_printable"},
     {"events"},
-    {"_fastevents", "_validate", "_gcdefer", "_observe"},
+    {"_fastevents", "_validate", "_gcdefer", "_observe", "_packedlog"},
     {"storage"},
     {"_registry", "_timer", "context", "_runlog", "_asyncbridge"},
     {

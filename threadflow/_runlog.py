@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 
+from ._packedlog import PackedEvents
 from .events import BaseEvent, Event
 
 __all__ = ["EventLog"]
@@ -31,14 +32,14 @@ class EventLog:
     __slots__ = ("_events", "_listeners", "_lock", "_sleepers", "done")
 
     def __init__(self) -> None:
-        self._events: list[BaseEvent] = []
+        self._events: list[BaseEvent] | PackedEvents = []  # packed once complete, if asked (see pack)
         self._lock = threading.Lock()  # guards _sleepers and the replacing of _listeners
         self._sleepers: list[threading.Lock] = []  # readers blocked until the next append, each on its lock
         self._listeners: tuple[Callable[[], None], ...] = ()  # replaced, never changed in place
         self.done = False  # set just after the terminal event is appended
 
     def append(self, event: BaseEvent) -> None:
-        self._events.append(event)
+        self._events.append(event)  # type: ignore[union-attr]  # a list until the terminal event, the last append
         if event.terminal:
             self.done = True
         if self._sleepers:  # read unlocked: see the class docstring for why no wake-up is lost
@@ -63,6 +64,15 @@ class EventLog:
             if listener in listeners:
                 listeners.remove(listener)
                 self._listeners = tuple(listeners)
+
+    def pack(self) -> None:
+        """Keep the events of a complete log compactly (see ``PackedEvents``); nothing happens before its end.
+
+        Readers see equal events, rebuilt as they read; a reader that started
+        before keeps the objects it was reading.
+        """
+        if self.done and isinstance(self._events, list):
+            self._events = PackedEvents(self._events)
 
     def __len__(self) -> int:
         return len(self._events)

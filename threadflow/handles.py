@@ -389,6 +389,22 @@ class RunHandle:
             raise ValueError("limit must be at least 1")
         return follow_batches(self._log_now(), after_seq, limit, gather, wake)
 
+    def compact(self) -> None:
+        """Keep this ended run's events compactly: a quarter of the memory, nothing for the garbage collector to walk.
+
+        For code that keeps many ended handles for their events (the HTTP
+        server keeps its ``keep_finished_runs``): kept as objects, every
+        event is two containers that each full garbage collection walks, and
+        with a few hundred runs of a few hundred events kept its pauses
+        reached 0.1-0.3 s. Events read afterwards (``events()``,
+        ``aevents()``, ``abatches()``) are rebuilt as they are read: equal to
+        the originals, new objects, about 2 µs each. Does nothing while the
+        run is active.
+        """
+        log = self._log
+        if log is not None and self._ended:
+            log.pack()
+
     def add_done_callback(self, fn: Callable[[RunHandle], object]) -> None:
         """Call ``fn(handle)`` once, when the run has ended.
 

@@ -68,6 +68,9 @@ class _RecentRuns:
             if len(self._finished) > self._keep:
                 oldest, _ = self._finished.popitem(last=False)
                 del self._handles[oldest]
+            kept = handle.run_id in self._finished
+        if kept:
+            handle.compact()  # kept for replay: out of the garbage collector's way (on the run's thread)
 
     def get(self, workflow: Workflow, run_id: str) -> RunHandle | None:
         handle = self._handles.get(run_id)
