@@ -230,3 +230,53 @@ def test_an_event_appended_just_before_the_consumer_waits_is_not_missed(monkeypa
         return [event async for batch in _asyncbridge.follow_batches(log, 0, 64, None, None) for event in batch]
 
     assert asyncio.run(asyncio.wait_for(every_event(), WAIT)) == events
+
+
+# -- a wake-up from outside is never lost ----------------------------------------------------------
+
+
+def test_a_wake_set_before_the_first_look_ends_the_wait_at_once() -> None:
+    """``wake`` set before the iterator starts (a server stopping as a stream opens): its first look answers it.
+
+    Nothing is logged after ``after_seq`` and the run is quiet, so only the
+    wake-up can end the wait; clearing it at the look would leave the
+    consumer waiting for the run's next event.
+    """
+    gate = Gate()
+    handle = _gated(gate)
+    logged = len(handle._log_now())
+
+    async def first_batch() -> list[Event]:
+        woken = asyncio.Event()
+        woken.set()
+        batches: Any = handle.abatches(logged, wake=woken)
+        try:
+            return list(await asyncio.wait_for(batches.__anext__(), WAIT))
+        finally:
+            await batches.aclose()
+
+    try:
+        assert asyncio.run(first_batch()) == []
+    finally:
+        gate.release.set()
+
+
+def test_a_wake_set_while_the_consumer_holds_a_batch_is_answered() -> None:
+    """Set while the consumer works on a batch (between two looks): the next look yields at once."""
+    gate = Gate()
+    handle = _gated(gate)
+
+    async def after_the_wake() -> list[Event]:
+        woken = asyncio.Event()
+        batches: Any = handle.abatches(wake=woken)
+        try:
+            assert await batches.__anext__()  # what is logged already
+            woken.set()  # the consumer's own reason, set before it asks for more
+            return list(await asyncio.wait_for(batches.__anext__(), WAIT))
+        finally:
+            await batches.aclose()
+
+    try:
+        assert asyncio.run(after_the_wake()) == []
+    finally:
+        gate.release.set()
