@@ -262,15 +262,27 @@ def test_a_wake_set_before_the_first_look_ends_the_wait_at_once() -> None:
 
 
 def test_a_wake_set_while_the_consumer_holds_a_batch_is_answered() -> None:
-    """Set while the consumer works on a batch (between two looks): the next look yields at once."""
-    gate = Gate()
-    handle = _gated(gate)
+    """Set while the consumer works on a batch, with a backlog left to gather: the next look yields at once.
+
+    The consumer takes 3 of the 4 events logged and gathers the rest for an
+    hour; its wake-up, set before it asks for more, must not wait for that.
+    """
+    inside, release = threading.Event(), threading.Event()
+
+    def quiet(step_input: Any) -> Iterator[str]:
+        yield "first"
+        inside.set()
+        get_context().wait(release, timeout=6 * WAIT)  # longer than the test waits for the batch
+
+    handle = Workflow("quiet", steps=[quiet]).run(background=True)
+    assert inside.wait(WAIT)
+    assert len(handle._log_now()) == 4  # workflow_started, step_started, run_started, "first"
 
     async def after_the_wake() -> list[Event]:
         woken = asyncio.Event()
-        batches: Any = handle.abatches(wake=woken)
+        batches: Any = handle.abatches(limit=3, gather=lambda: 3600.0, wake=woken)
         try:
-            assert await batches.__anext__()  # what is logged already
+            assert len(await batches.__anext__()) == 3
             woken.set()  # the consumer's own reason, set before it asks for more
             return list(await asyncio.wait_for(batches.__anext__(), WAIT))
         finally:
@@ -279,4 +291,5 @@ def test_a_wake_set_while_the_consumer_holds_a_batch_is_answered() -> None:
     try:
         assert asyncio.run(after_the_wake()) == []
     finally:
-        gate.release.set()
+        release.set()
+        handle.result(WAIT)
