@@ -43,3 +43,28 @@ def test_a_feed_stopped_before_its_stream_starts_ends_a_quiet_stream_at_once() -
     finally:
         release.set()
         handle.result(WAIT)
+
+
+def test_a_stream_that_sent_the_terminal_event_ends_cleanly_though_its_server_stops() -> None:
+    """The stop comes while the last batch (the run's end) is being sent: nothing is interrupted.
+
+    ``stream_interrupted`` after the terminal event would tell a reader of
+    the raw SSE (the dashboard, curl) that the stream was cut after all.
+    """
+
+    def quick(step_input: Any) -> str:
+        return "done"
+
+    handle = Workflow("quick", steps=[quick]).run(background=True)
+    assert handle.wait(WAIT)
+
+    async def stream() -> list[Any]:
+        feed = Feed()
+        batches: list[Any] = []
+        async for batch in run_batches(handle, 0, feed):
+            batches.append(batch)
+            feed.stop()  # the server starts to stop while this batch goes out
+        return batches
+
+    batches = asyncio.run(asyncio.wait_for(stream(), WAIT))
+    assert batches[-1][-1].terminal
