@@ -235,6 +235,21 @@ def test_an_event_appended_just_before_the_consumer_waits_is_not_missed(monkeypa
 # -- a wake-up from outside is never lost ----------------------------------------------------------
 
 
+def _quiet() -> tuple[RunHandle, threading.Event]:
+    """A run that logged 4 events and then stays quiet longer than a test waits; set the event to end it."""
+    inside, release = threading.Event(), threading.Event()
+
+    def quiet(step_input: Any) -> Iterator[str]:
+        yield "first"
+        inside.set()
+        get_context().wait(release, timeout=6 * WAIT)
+
+    handle = Workflow("quiet", steps=[quiet]).run(background=True)
+    assert inside.wait(WAIT)
+    assert len(handle._log_now()) == 4  # workflow_started, step_started, run_started, "first"
+    return handle, release
+
+
 def test_a_wake_set_before_the_first_look_ends_the_wait_at_once() -> None:
     """``wake`` set before the iterator starts (a server stopping as a stream opens): its first look answers it.
 
@@ -242,14 +257,12 @@ def test_a_wake_set_before_the_first_look_ends_the_wait_at_once() -> None:
     wake-up can end the wait; clearing it at the look would leave the
     consumer waiting for the run's next event.
     """
-    gate = Gate()
-    handle = _gated(gate)
-    logged = len(handle._log_now())
+    handle, release = _quiet()
 
     async def first_batch() -> list[Event]:
         woken = asyncio.Event()
         woken.set()
-        batches: Any = handle.abatches(logged, wake=woken)
+        batches: Any = handle.abatches(4, wake=woken)
         try:
             return list(await asyncio.wait_for(batches.__anext__(), WAIT))
         finally:
@@ -258,7 +271,8 @@ def test_a_wake_set_before_the_first_look_ends_the_wait_at_once() -> None:
     try:
         assert asyncio.run(first_batch()) == []
     finally:
-        gate.release.set()
+        release.set()
+        handle.result(WAIT)
 
 
 def test_a_wake_set_while_the_consumer_holds_a_batch_is_answered() -> None:
@@ -267,16 +281,7 @@ def test_a_wake_set_while_the_consumer_holds_a_batch_is_answered() -> None:
     The consumer takes 3 of the 4 events logged and gathers the rest for an
     hour; its wake-up, set before it asks for more, must not wait for that.
     """
-    inside, release = threading.Event(), threading.Event()
-
-    def quiet(step_input: Any) -> Iterator[str]:
-        yield "first"
-        inside.set()
-        get_context().wait(release, timeout=6 * WAIT)  # longer than the test waits for the batch
-
-    handle = Workflow("quiet", steps=[quiet]).run(background=True)
-    assert inside.wait(WAIT)
-    assert len(handle._log_now()) == 4  # workflow_started, step_started, run_started, "first"
+    handle, release = _quiet()
 
     async def after_the_wake() -> list[Event]:
         woken = asyncio.Event()
