@@ -230,3 +230,71 @@ def test_an_event_appended_just_before_the_consumer_waits_is_not_missed(monkeypa
         return [event async for batch in _asyncbridge.follow_batches(log, 0, 64, None, None) for event in batch]
 
     assert asyncio.run(asyncio.wait_for(every_event(), WAIT)) == events
+
+
+# -- a wake-up from outside is never lost ----------------------------------------------------------
+
+
+def _quiet() -> tuple[RunHandle, threading.Event]:
+    """A run that logged 4 events and then stays quiet longer than a test waits; set the event to end it."""
+    inside, release = threading.Event(), threading.Event()
+
+    def quiet(step_input: Any) -> Iterator[str]:
+        yield "first"
+        inside.set()
+        get_context().wait(release, timeout=6 * WAIT)
+
+    handle = Workflow("quiet", steps=[quiet]).run(background=True)
+    assert inside.wait(WAIT)
+    assert len(handle._log_now()) == 4  # workflow_started, step_started, run_started, "first"
+    return handle, release
+
+
+def test_a_wake_set_before_the_first_look_ends_the_wait_at_once() -> None:
+    """``wake`` set before the iterator starts (a server stopping as a stream opens): its first look answers it.
+
+    Nothing is logged after ``after_seq`` and the run is quiet, so only the
+    wake-up can end the wait; clearing it at the look would leave the
+    consumer waiting for the run's next event.
+    """
+    handle, release = _quiet()
+
+    async def first_batch() -> list[Event]:
+        woken = asyncio.Event()
+        woken.set()
+        batches: Any = handle.abatches(4, wake=woken)
+        try:
+            return list(await asyncio.wait_for(batches.__anext__(), WAIT))
+        finally:
+            await batches.aclose()
+
+    try:
+        assert asyncio.run(first_batch()) == []
+    finally:
+        release.set()
+        handle.result(WAIT)
+
+
+def test_a_wake_set_while_the_consumer_holds_a_batch_is_answered() -> None:
+    """Set while the consumer works on a batch, with a backlog left to gather: the next look yields at once.
+
+    The consumer takes 3 of the 4 events logged and gathers the rest for an
+    hour; its wake-up, set before it asks for more, must not wait for that.
+    """
+    handle, release = _quiet()
+
+    async def after_the_wake() -> list[Event]:
+        woken = asyncio.Event()
+        batches: Any = handle.abatches(limit=3, gather=lambda: 3600.0, wake=woken)
+        try:
+            assert len(await batches.__anext__()) == 3
+            woken.set()  # the consumer's own reason, set before it asks for more
+            return list(await asyncio.wait_for(batches.__anext__(), WAIT))
+        finally:
+            await batches.aclose()
+
+    try:
+        assert asyncio.run(after_the_wake()) == []
+    finally:
+        release.set()
+        handle.result(WAIT)

@@ -150,7 +150,6 @@ async def follow_batches(
     sent_at = -math.inf
     try:
         while True:
-            watch.ready.clear()
             done = log.done  # read before the length: once done, every event is in the log
             pending = len(log) - watch.cursor
             if 0 < pending < limit and not done and gather is not None:
@@ -217,7 +216,12 @@ class _Watch:
             self.waker.wake(self.ready)
 
     async def wait(self, want: int, loop: asyncio.AbstractEventLoop, timeout: float | None = None) -> bool:
-        """Until what ``want`` names came, or ``timeout`` seconds passed; True if neither: woken from outside."""
+        """Until what ``want`` names came, or ``timeout`` seconds passed; True if neither: woken from outside.
+
+        ``ready`` is cleared here, once the wait is over, never before it: a
+        wake-up from outside set while the consumer was away (before the
+        first look, during a turn of the loop) ends this wait at once.
+        """
         self.want, self.expired = want, False
         try:
             if self._came(want):
@@ -228,6 +232,7 @@ class _Watch:
             finally:
                 if timer is not None:
                     timer.cancel()
+                self.ready.clear()
             return not (self.expired or self._came(want))
         finally:
             self.want = 0

@@ -380,8 +380,10 @@ class RunHandle:
         while it lasts the run's events cost the event loop nothing (the
         run's thread wakes it only for those two). ``wake``: an
         ``asyncio.Event`` of yours; setting it makes the iterator yield at
-        once, an empty batch if nothing new was logged. It is cleared at each
-        look, so check your own reason for setting it after every batch.
+        once (also when set before the first look, or while you hold a
+        batch), an empty batch if nothing new was logged. The iterator
+        clears it when it has answered it: check your own reason for
+        setting it after every batch.
         ``ValueError`` (at once) for a bad ``after_seq`` or ``limit``.
         """
         after_seq = check_count("after_seq", after_seq)

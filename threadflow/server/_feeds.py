@@ -101,7 +101,8 @@ OPEN_FEEDS = _OpenFeeds()
 async def run_batches(handle: RunHandle, after_seq: int, feed: Feed) -> AsyncIterator[Sequence[Event]]:
     """The run's events after ``after_seq`` in batches, through the terminal event, from its handle.
 
-    Raises ``Stopped`` once ``feed`` is stopped, after the batch in hand.
+    Raises ``Stopped`` once ``feed`` is stopped, after the batch in hand,
+    unless that batch ended with the terminal event (then the stream ends as usual).
     At most ``_MAX_BATCH`` events a batch: a run that has raced ahead of its
     client (a backlog of thousands of events) is sent a batch per loop
     turn, so that the other streams, and the disconnects the loop must
@@ -122,6 +123,8 @@ async def run_batches(handle: RunHandle, after_seq: int, feed: Feed) -> AsyncIte
         async for batch in batches:
             if batch:
                 yield batch
+                if batch[-1].terminal:
+                    return  # the run's end is out: a stop now interrupts nothing
             if feed.stopping:
                 raise Stopped
 
