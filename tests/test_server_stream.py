@@ -8,27 +8,14 @@ before the first batch), and what the response now does itself (keep-alive comme
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from _busy_pool import WAIT
+from test_abatches import Gate
 
-from threadflow import Workflow, get_context
+from threadflow import Workflow
 from threadflow.server import _sse, create_app
-
-
-class Gate:
-    def __init__(self) -> None:
-        self.inside = threading.Event()
-        self.release = threading.Event()
-
-    def step(self, step_input: Any) -> Iterator[str]:
-        yield "first"
-        self.inside.set()
-        get_context().wait(self.release, timeout=WAIT)
-        yield "second"
 
 
 def _gated(name: str, gate: Gate, **options: Any) -> Workflow:
