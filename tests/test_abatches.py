@@ -124,10 +124,9 @@ def test_closing_the_iterator_removes_its_listener_from_the_log() -> None:
     gate = Gate()
     handle = _gated(gate)
     log = handle._log_now()
-    wake = asyncio.Event
 
     async def close_while_waiting() -> None:
-        woken = wake()
+        woken = asyncio.Event()
         batches: Any = handle.abatches(wake=woken)
         await batches.__anext__()
         assert len(log._listeners) == 1
@@ -138,6 +137,25 @@ def test_closing_the_iterator_removes_its_listener_from_the_log() -> None:
     try:
         asyncio.run(asyncio.wait_for(close_while_waiting(), WAIT))
         assert log._listeners == ()
+    finally:
+        gate.release.set()
+
+
+def test_closing_aevents_removes_its_listener_at_once() -> None:
+    """``aevents()`` follows through ``abatches``' machinery: its ``aclose()`` closes that too, not a GC later."""
+    gate = Gate()
+    handle = _gated(gate)
+    log = handle._log_now()
+
+    async def close_after_the_first_event() -> None:
+        events: Any = handle.aevents()
+        assert isinstance(await events.__anext__(), WorkflowStartedEvent)
+        assert len(log._listeners) == 1
+        await events.aclose()
+        assert len(log._listeners) == 0
+
+    try:
+        asyncio.run(asyncio.wait_for(close_after_the_first_event(), WAIT))
     finally:
         gate.release.set()
 

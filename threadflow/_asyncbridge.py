@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Callable
@@ -97,41 +98,15 @@ def loop_waker(loop: asyncio.AbstractEventLoop) -> _LoopWaker:
 async def follow(log: EventLog, after_seq: int) -> AsyncGenerator[Event, None]:
     """The logged events after ``after_seq``, then live ones, through the terminal event.
 
-    One listener for the whole follow, and at most one wake-up pending for
-    it however fast the run appends: a run streaming flat out costs the loop
-    one call per look, not one per event (and all followers on a loop share
-    one ``call_soon_threadsafe`` per turn, see ``_LoopWaker``). Events
-    already in the log are yielded without a pause, so a reader can batch them.
+    ``follow_batches`` unbatched: the events already in the log are yielded
+    without a pause, so a reader can batch them, and the run's thread wakes
+    the reader only while it waits (all followers on a loop share one
+    ``call_soon_threadsafe`` per turn, see ``_LoopWaker``).
     """
-    waker = loop_waker(asyncio.get_running_loop())
-    ready = asyncio.Event()
-    scheduled = False
-
-    def wake() -> None:  # on the run's thread, after every append; unlocked: a race costs a spurious wake-up
-        nonlocal scheduled
-        if not scheduled:
-            scheduled = True
-            waker.wake(ready)
-
-    log.add_listener(wake)
-    try:
-        cursor = after_seq
-        while True:
-            scheduled = False
-            ready.clear()
-            done = log.done  # read before the events: once done, everything is in the log
-            batch = log.since(cursor)
-            cursor += len(batch)
+    async with contextlib.aclosing(follow_batches(log, after_seq, sys.maxsize, None, None)) as batches:
+        async for batch in batches:
             for event in batch:
-                yield event  # type: ignore[misc]  # the runner logs only Event members
-                if event.terminal:
-                    return
-            if done and not batch:
-                return
-            if not batch:
-                await ready.wait()
-    finally:
-        log.remove_listener(wake)
+                yield event
 
 
 async def follow_batches(
