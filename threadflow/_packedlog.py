@@ -37,17 +37,13 @@ class _Codec:
         self.cls = cls
         fields = list(cls.model_fields.items())
         self.width = len(fields)
-        # Literal[member] fields hold the one value their class allows: position -> value.
-        self.constant_at = {
-            i: typing.get_args(f.annotation)[0] for i, (_, f) in enumerate(fields) if _literal(f.annotation)
-        }
-        # Fields declared as an enum, packed as the member's value: their positions, and (name, enum class).
-        self.enum_at = {i for i, (_, f) in enumerate(fields) if _enum_class(f.annotation)}
-        self.enums: list[tuple[str, type[enum.Enum]]] = [
-            (name, f.annotation)
-            for name, f in fields
-            if isinstance(f.annotation, type) and issubclass(f.annotation, enum.Enum)
-        ]
+        # Literal[member] fields hold the one value their class allows: position -> that member.
+        members = {i: _literal(f.annotation) for i, (_, f) in enumerate(fields)}
+        self.constant_at = {i: member for i, member in members.items() if member is not None}
+        # Fields declared as an enum, packed as the member's value: (position, name, enum class).
+        enums = [(i, name, f.annotation) for i, (name, f) in enumerate(fields) if _enum_class(f.annotation)]
+        self.enum_at = {i for i, _, _ in enums}
+        self.enums: list[tuple[str, type[enum.Enum]]] = [(name, enum_class) for _, name, enum_class in enums]
         self.kept = [name for i, (name, _) in enumerate(fields) if i not in self.constant_at]
         # The common shape: only the first field (``event``) is fixed, no enum: a slice packs it.
         self.simple = list(self.constant_at) == [0] and not self.enum_at
