@@ -18,23 +18,16 @@ from typing import Any
 
 import pytest
 from conftest import WAIT, names
+from test_queued_runs import blocked_workflow
 from test_storage_sqlite_bell import FlatOut, answer, ask_as_another_process
 
 import threadflow
-from threadflow import RunHandle, RunInfo, RunStatus, Step, StepInput, Workflow, _background, get_context
+from threadflow import RunHandle, RunInfo, RunStatus, Step, Workflow, _background, get_context
 from threadflow.events import BaseEvent
 from threadflow.storage import MemoryStore, SqliteStore
 from threadflow.storage.sqlite._bell import open_bell, ring
 from threadflow.storage.sqlite._remote_cancel import WATCHER
 from threadflow.testing import check_run_events
-
-
-def _blocked(gate: threading.Event) -> Workflow:
-    def block(si: StepInput) -> str:
-        get_context().wait(gate, timeout=WAIT)
-        return f"done {si.input}"
-
-    return Workflow("queued", steps=[Step("block", executor=block)], max_concurrent_runs=1)
 
 
 def _events_within(handle: RunHandle, timeout: float) -> list[BaseEvent] | None:
@@ -63,7 +56,7 @@ def test_ctrl_c_while_a_cancel_compacts_the_queue_still_records_the_run(monkeypa
     The cancelling thread had already taken the run out of the queue: nobody else would ever end it.
     """
     gate = threading.Event()
-    wf = _blocked(gate)
+    wf = blocked_workflow(gate)
     first = wf.run("first", background=True)
     handles = [wf.run(i, background=True) for i in range(100)]
     for handle in handles[:50]:
@@ -84,7 +77,7 @@ def test_ctrl_c_while_a_cancel_compacts_the_queue_still_records_the_run(monkeypa
 def test_a_done_callback_raising_keyboard_interrupt_does_not_rob_the_callbacks_after_it() -> None:
     """``await wf.arun()`` on the same run waits on a done callback too: skipped, it would hang for ever."""
     gate = threading.Event()
-    wf = _blocked(gate)
+    wf = blocked_workflow(gate)
     first = wf.run("first", background=True)
     handle = wf.run("queued", background=True)
     called: list[str] = []
@@ -160,7 +153,7 @@ def test_a_queued_run_cancelled_as_it_starts_reads_the_same_to_every_kind_of_fol
     outcomes: set[RunStatus] = set()
     for _ in range(100):
         gate = threading.Event()
-        wf = _blocked(gate)
+        wf = blocked_workflow(gate)
         first = wf.run("first", background=True)
         handle = wf.run("queued", background=True)
         barrier = threading.Barrier(6)

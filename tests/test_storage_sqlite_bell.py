@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -112,20 +112,29 @@ def test_a_cross_process_cancel_lands_on_a_cpu_bound_stream_from_its_own_thread(
     check_run_events(store.events(handle.run_id))
 
 
-@linux_only
-def test_a_ring_without_a_request_is_only_a_look(store: SqliteStore) -> None:
-    rang = threading.Event()
+def _ringing(
+    store: SqliteStore, tokens: int, rang: threading.Event | None = None
+) -> Callable[[StepInput], Iterator[str]]:
+    """A step streaming ``tokens`` tokens that rings its own run's bell after the 101st (then sets ``rang``)."""
 
     def stream(step_input: StepInput) -> Iterator[str]:
-        for count in range(5000):
+        for count in range(tokens):
             yield f"t{count} "
             if count == 100:
                 owner = store.owner(get_context().run_id)
                 assert owner is not None
                 ring(owner)
-                rang.set()
+                if rang is not None:
+                    rang.set()
 
-    workflow = Workflow("rung", steps=[Step("stream", executor=stream)], store=store)
+    return stream
+
+
+@linux_only
+def test_a_ring_without_a_request_is_only_a_look(store: SqliteStore) -> None:
+    rang = threading.Event()
+
+    workflow = Workflow("rung", steps=[Step("stream", executor=_ringing(store, 5000, rang))], store=store)
     streamed = list(workflow.run(stream=True))
     assert rang.is_set()
     assert streamed[-1].event == "workflow_completed"
@@ -200,15 +209,8 @@ def test_a_failing_look_from_the_run_thread_is_logged_and_the_run_goes_on(
 
     monkeypatch.setattr(store, "_answer_pending", fail)
 
-    def stream(step_input: StepInput) -> Iterator[str]:
-        for count in range(500):
-            yield f"t{count} "
-            if count == 100:
-                owner = store.owner(get_context().run_id)
-                assert owner is not None
-                ring(owner)
-
-    streamed = list(Workflow("failing", steps=[Step("stream", executor=stream)], store=store).run(stream=True))
+    failing = Workflow("failing", steps=[Step("stream", executor=_ringing(store, 500))], store=store)
+    streamed = list(failing.run(stream=True))
     assert streamed[-1].event == "workflow_completed"
     assert "looking for cancel requests" in caplog.text
 
