@@ -20,7 +20,7 @@ import pytest
 
 from threadflow import RunHandle, Workflow, _asyncbridge, get_context
 from threadflow._runlog import EventLog
-from threadflow.events import Event, RunContentEvent, WorkflowCompletedEvent, WorkflowStartedEvent
+from threadflow.events import BaseEvent, Event, RunContentEvent, WorkflowCompletedEvent, WorkflowStartedEvent
 
 WAIT = 10.0
 
@@ -231,7 +231,7 @@ def test_an_event_appended_just_before_the_consumer_waits_is_not_missed(monkeypa
     (The run's thread saw nobody waiting, so it woke nobody: the consumer's
     own last look is what finds the event.)
     """
-    events = _ended()._log_now().since(0)
+    events: list[BaseEvent] = list(_ended().events())
     log = EventLog()
     for event in events[:-1]:
         log.append(event)

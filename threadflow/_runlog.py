@@ -81,10 +81,6 @@ class EventLog:
         """The events logged so far from index ``start`` (the events after seq ``start``), at most ``limit``."""
         return self._events[start : start + limit]
 
-    def since(self, after_seq: int) -> list[BaseEvent]:
-        """The events with ``seq > after_seq`` logged so far."""
-        return self._events[after_seq:]
-
     def follow(self, after_seq: int = 0, then: Callable[[], object] | None = None) -> Iterator[Event]:
         """Replay, then follow live through the terminal event; call ``then()`` before the iteration ends."""
         cursor = after_seq
